@@ -1,0 +1,114 @@
+"""Pose and rotation conventions, pure torch.
+
+``T_a_b`` maps coordinates in frame b to frame a: ``x_a = T_a_b @ x_b``. Cameras use
+OpenCV axes (x right, y down, z forward). OpenGL/Blender/LLFF cameras use x right, y up,
+z backward; ``opengl_to_opencv`` converts a camera-to-world matrix between the two.
+Quaternions are (w, x, y, z).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Flips camera y and z: OpenGL camera axes <-> OpenCV camera axes.
+_GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+
+def opengl_to_opencv(T_world_cam_gl: Tensor) -> Tensor:
+    """[..., 4, 4] camera-to-world with OpenGL camera axes -> same with OpenCV axes."""
+    return T_world_cam_gl @ _GL_TO_CV.to(T_world_cam_gl)
+
+
+def invert_pose(T: Tensor) -> Tensor:
+    """[..., 4, 4] rigid transform -> its inverse, without a general matrix inverse."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3:]
+    out = torch.zeros_like(T)
+    Rt = R.transpose(-1, -2)
+    out[..., :3, :3] = Rt
+    out[..., :3, 3:] = -Rt @ t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def make_pose(R: Tensor, t: Tensor) -> Tensor:
+    """R [..., 3, 3], t [..., 3] -> [..., 4, 4]."""
+    T = torch.zeros(*R.shape[:-2], 4, 4, dtype=R.dtype, device=R.device)
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def is_rotation(R: Tensor, atol: float = 1e-3) -> bool:
+    """True when R [3, 3] is orthonormal with determinant +1 and finite."""
+    if not torch.isfinite(R).all():
+        return False
+    eye = torch.eye(3, dtype=R.dtype, device=R.device)
+    ortho = torch.allclose(R @ R.T, eye, atol=atol)
+    return bool(ortho and abs(float(torch.det(R)) - 1.0) < atol)
+
+
+def quat_to_rotmat(q: Tensor) -> Tensor:
+    """[..., 4] (w, x, y, z), any norm -> [..., 3, 3]."""
+    q = q / q.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat(R: Tensor) -> Tensor:
+    """[..., 3, 3] rotation -> [..., 4] unit quaternion (w, x, y, z) with w >= 0."""
+    m = R.reshape(-1, 3, 3)
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cand = torch.stack(
+        [
+            torch.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+            torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
+            torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
+            torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
+        ],
+        dim=1,
+    )  # [B, 4 candidates, 4]
+    # Pick the numerically best-conditioned candidate (largest diagonal term).
+    diag = torch.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1)
+    best = diag.argmax(-1)
+    q = cand[torch.arange(m.shape[0]), best]
+    q = q / q.norm(dim=-1, keepdim=True)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(*R.shape[:-2], 4)
+
+
+def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
+    """Camera at ``eye`` looking at ``target`` -> T_cam_world [4, 4] (OpenCV axes);
+    ``up`` is the world direction that should appear up in the image."""
+    z = target - eye
+    z = z / z.norm()
+    x = torch.linalg.cross(z, -up)
+    x = x / x.norm()
+    y = torch.linalg.cross(z, x)
+    R_world_cam = torch.stack([x, y, z], dim=1)  # columns are camera axes in world
+    return invert_pose(make_pose(R_world_cam, eye))
+
+
+def umeyama(src: Tensor, dst: Tensor, with_scale: bool = True) -> tuple[float, Tensor, Tensor]:
+    """Similarity (s, R, t) minimising ||dst - (s R src + t)||^2; src, dst [N, 3]."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / src.shape[0]
+    U, S, Vh = torch.linalg.svd(cov)
+    D = torch.eye(3, dtype=src.dtype, device=src.device)
+    if torch.det(U) * torch.det(Vh) < 0:
+        D[2, 2] = -1
+    R = U @ D @ Vh
+    var_s = (xs**2).sum() / src.shape[0]
+    s = float((S * D.diagonal()).sum() / var_s) if with_scale else 1.0
+    t = mu_d - s * R @ mu_s
+    return s, R, t
