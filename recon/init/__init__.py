@@ -1,1 +1,110 @@
+"""Initial Gaussians: from stereo priors (multi-view stereo, the default), from SIFT points
+triangulated with the known poses, or random (the baseline).
 
+``initialise(views, method)`` is the one entry the pipeline needs: it returns the Gaussians
+and, when multi-view stereo ran, its per-view depth maps for the depth loss.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from recon.errors import ConfigError
+from recon.init.points import gaussians_from_points
+from recon.init.random import random_gaussians
+from recon.types import Gaussians, View
+
+METHODS = ("mvs", "sift", "random")
+_ALIASES = {"stereo": "mvs"}
+
+__all__ = ["InitResult", "METHODS", "gaussians_from_points", "initialise", "random_gaussians", "scene_ball"]
+
+
+@dataclass
+class InitResult:
+    gaussians: Gaussians
+    method: str  # the method that produced the Gaussians ("random" after a fallback)
+    points: Tensor | None  # [M, 3] prior points the Gaussians came from (None for random)
+    depths: list[Tensor] | None  # per view [H, W] MVS z-depth, 0 = invalid (None: MVS not run)
+    confidences: list[Tensor] | None  # per view [H, W] in [0, 1]
+
+
+def scene_ball(views: "list[View] | tuple[View, ...]") -> tuple[Tensor, float]:
+    """(centre [3], radius) of the region the cameras look at, from the cameras alone:
+    the least-squares meeting point of the optical axes when they converge (object-centric
+    captures), else a point ahead of the cameras (forward-facing captures)."""
+    centres = torch.stack([v.camera.centre.float() for v in views])  # [V, 3]
+    axes = torch.stack([v.camera.T_cam_world[2, :3].float() for v in views])  # [V, 3] optical axes
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
+    A = torch.zeros(3, 3)
+    b = torch.zeros(3)
+    for c, a in zip(centres, axes):
+        P = torch.eye(3) - torch.outer(a, a)  # projects onto the plane normal to the axis
+        A += P
+        b += P @ c
+    centre = None
+    if len(views) >= 2 and torch.linalg.cond(A) < 1e3:
+        centre = torch.linalg.solve(A, b)
+        if bool((((centre - centres) * axes).sum(-1) <= 0).any()):  # behind a camera: not a meeting point
+            centre = None
+    if centre is None:
+        centre = centres.mean(0) + axes.mean(0) * 4 * spread
+    radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
+    return centre, radius
+
+
+def initialise(
+    views: "list[View] | tuple[View, ...]",
+    method: str = "mvs",
+    *,
+    sh_degree: int = 3,
+    opacity: float = 0.1,
+    random_points: int = 20_000,
+    with_depths: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    **stereo_options,
+) -> InitResult:
+    """Posed training views -> InitResult. ``method``: "mvs" (alias "stereo"), "sift" or
+    "random". ``with_depths`` runs MVS for its depth maps even when another method seeds
+    the Gaussians (depth loss with a random-init ablation). ``stereo_options`` are
+    ``recon.priors.stereo.StereoSettings`` fields (e.g. ``max_points``, ``seed``)."""
+    method = _ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ConfigError(f"init.method must be one of {', '.join(METHODS)} (or 'stereo'), got {method!r}")
+    views = tuple(views)
+    centre, radius = scene_ball(views)
+    fallback = dict(fallback_n=random_points, fallback_centre=centre, fallback_radius=radius, generator=generator)
+    depths = confs = None
+    if (method == "mvs" or with_depths) and len(views) >= 2:
+        from recon.priors.stereo import multiview_stereo
+
+        res = multiview_stereo(views, progress=progress, **stereo_options)
+        depths, confs = res.depths, res.confidences
+        if method == "mvs":
+            return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
+    if method == "mvs":  # a single view: nothing to match
+        warnings.warn("multi-view stereo needs at least two views; using random init", RuntimeWarning, stacklevel=2)
+        method = "random"
+    if method == "sift":
+        from recon.priors.sfm import triangulate_sift
+
+        pts, cols = triangulate_sift(views)  # [M, 3], [M, 3]
+        return _from_points(pts, cols, sh_degree, opacity, fallback, "sift", depths, confs)
+    g = random_gaussians(random_points, centre, radius, sh_degree, generator, opacity=opacity)
+    return InitResult(g, "random", None, depths, confs)
+
+
+def _from_points(pts, cols, sh_degree, opacity, fallback, method, depths, confs) -> InitResult:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = gaussians_from_points(pts, cols, sh_degree, opacity=opacity, **fallback)
+    fell_back = any(issubclass(w.category, RuntimeWarning) and "falling back" in str(w.message) for w in caught)
+    for w in caught:  # re-emit so callers still see them
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return InitResult(g, "random" if fell_back else method, None if fell_back else pts, depths, confs)

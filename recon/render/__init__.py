@@ -2,18 +2,33 @@
 
     render(gaussians, cameras, settings) -> RenderOutput
 
-Differentiable w.r.t. every Gaussian parameter and the camera poses (``T_cam_world``).
-Backends: "cpu" (C++/OpenMP extension), "cuda" (CUDA extension), "reference" (dense pure
-torch; tests only). "auto" picks cuda for CUDA tensors, otherwise cpu.
+Differentiable w.r.t. every Gaussian parameter and the camera poses (``T_cam_world``);
+``K`` is not differentiated. Backends: "cpu" (C++/OpenMP extension), "cuda" (CUDA
+extension), "reference" (dense pure torch; tests only). "auto" picks cuda for CUDA
+tensors, otherwise cpu, and falls back to the reference when the extension cannot be built.
+
+Rendering runs in two differentiable stages so that ``means2d`` is a real intermediate:
+projection (Gaussians -> screen-space means, conics, colours, opacities, depths) and
+blending (-> rgb, depth, alpha). After ``out.means2d.retain_grad()`` and ``backward()``,
+``out.means2d.grad`` [C, N, 2] holds the screen-space gradient gsplat's DefaultStrategy
+reads as ``info["means2d"]`` (with ``info["radii"] = out.radii[..., None].expand(-1, -1, 2)``,
+``width``, ``height``, ``n_cameras`` and ``gaussian_ids=None``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import torch
+
+from recon.errors import ConfigError, ReconError
 from recon.types import Camera, Gaussians, RenderOutput, RenderSettings
 
-__all__ = ["render"]
+__all__ = ["render", "available_backends"]
+
+_BACKENDS = ("auto", "cpu", "cuda", "reference")
+_auto_fallback_warned = False
 
 
 def render(
@@ -22,4 +37,112 @@ def render(
     settings: RenderSettings = RenderSettings(),
 ) -> RenderOutput:
     """Render a batch of cameras sharing one image size. See recon.types for shapes."""
-    raise NotImplementedError("being written: see issue 3")
+    cams = [cameras] if isinstance(cameras, Camera) else list(cameras)
+    width, height, sh_degree = _check_inputs(gaussians, cams, settings)
+    device = gaussians.means.device
+    dtype = gaussians.means.dtype
+    viewmats = torch.stack([c.T_cam_world for c in cams]).to(device=device, dtype=dtype)  # [C,4,4]
+    Ks = torch.stack([c.K for c in cams]).to(device=device, dtype=dtype).detach()  # [C, 3, 3]
+    backend = _pick_backend(settings.backend, device)
+    args = (*gaussians.tensors(), viewmats, Ks, width, height, sh_degree,
+            float(settings.near), float(settings.far), bool(settings.antialiased))
+    if backend == "reference":
+        from recon.render import _reference as ref
+
+        proj = ref.project(*args)
+        rgb, depth_sum, alpha = ref.rasterize(
+            proj["means2d"], proj["conics"], proj["colors"], proj["opacities"],
+            proj["depths"], proj["radii"], width, height)
+    else:
+        from recon.render import _autograd
+
+        proj = _autograd.project(*args)
+        rgb, depth_sum, alpha = _autograd.rasterize(proj, width, height, settings.tile_size)
+    return _finish(proj, rgb, depth_sum, alpha, settings.background)
+
+
+def _finish(proj, rgb, depth_sum, alpha, background) -> RenderOutput:
+    """Background compositing and depth normalisation, shared by every backend."""
+    bg = rgb.new_tensor(background)  # [3]
+    rgb = rgb + (1.0 - alpha)[..., None] * bg  # [C, H, W, 3]
+    # Expected depth of the blended surface; 0 where nothing was blended.
+    depth = torch.where(alpha > 0, depth_sum / alpha.clamp(min=1e-10), 0.0)  # [C, H, W]
+    radii = proj["radii"].amax(-1).to(torch.int32)  # [C, N]
+    return RenderOutput(rgb=rgb, depth=depth, alpha=alpha, means2d=proj["means2d"],
+                        radii=radii, visible=radii > 0)
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here, best first ("reference" is always available)."""
+    out = []
+    try:
+        from recon.render import _ext
+
+        ext = _ext.load()
+        if torch.cuda.is_available() and _ext.has_cuda(ext):
+            out.append("cuda")
+        out.append("cpu")
+    except ReconError:
+        pass
+    return out + ["reference"]
+
+
+def _pick_backend(name: str, device: torch.device) -> str:
+    global _auto_fallback_warned
+    if name not in _BACKENDS:
+        raise ConfigError(f"render backend {name!r} is unknown; use one of {', '.join(_BACKENDS)}")
+    if name == "reference":
+        return name
+    if name == "cuda" and device.type != "cuda":
+        raise ConfigError("render backend 'cuda' needs CUDA tensors; move the Gaussians with "
+                          ".to('cuda') or use backend='cpu'")
+    if name == "cpu" and device.type != "cpu":
+        raise ConfigError(f"render backend 'cpu' needs CPU tensors, got {device}; use "
+                          "backend='cuda' or move the Gaussians to the CPU")
+    from recon.render import _ext
+
+    if name != "auto":
+        _ext.load()  # raises MissingDependencyError with the fix
+        return name
+    try:
+        _ext.load()
+    except ReconError as err:
+        if not _auto_fallback_warned:
+            warnings.warn(f"falling back to the slow reference renderer: {err}", stacklevel=3)
+            _auto_fallback_warned = True
+        return "reference"
+    return "cuda" if device.type == "cuda" else "cpu"
+
+
+def _check_inputs(g: Gaussians, cams: list[Camera], settings: RenderSettings):
+    if not cams:
+        raise ConfigError("render() got no cameras; pass at least one Camera")
+    width, height = cams[0].width, cams[0].height
+    for i, c in enumerate(cams):
+        if (c.width, c.height) != (width, height):
+            raise ConfigError(f"camera {i} is {c.width}x{c.height} but camera 0 is "
+                              f"{width}x{height}; render cameras of one size per call")
+        if tuple(c.K.shape) != (3, 3) or tuple(c.T_cam_world.shape) != (4, 4):
+            raise ConfigError(f"camera {i}: K must be [3, 3] and T_cam_world [4, 4], got "
+                              f"{list(c.K.shape)} and {list(c.T_cam_world.shape)}")
+    if width < 1 or height < 1:
+        raise ConfigError(f"image size must be positive, got {width}x{height}")
+    n = len(g)
+    shapes = {"means": (g.means, (n, 3)), "log_scales": (g.log_scales, (n, 3)),
+              "quats": (g.quats, (n, 4)), "opacity_logits": (g.opacity_logits, (n,))}
+    for key, (t, want) in shapes.items():
+        if tuple(t.shape) != want:
+            raise ConfigError(f"gaussians.{key} must have shape {list(want)}, got {list(t.shape)}")
+    k = g.sh.shape[1] if g.sh.dim() == 3 else -1
+    if g.sh.dim() != 3 or g.sh.shape[0] != n or g.sh.shape[2] != 3 or k not in (1, 4, 9, 16):
+        raise ConfigError(f"gaussians.sh must have shape [N, K, 3] with N={n} and K in "
+                          f"1, 4, 9, 16, got {list(g.sh.shape)}")
+    degree = g.sh_degree if settings.sh_degree is None else int(settings.sh_degree)
+    if not 0 <= degree <= g.sh_degree:
+        raise ConfigError(f"settings.sh_degree={degree} but the Gaussians carry degree "
+                          f"{g.sh_degree}; use a value in 0..{g.sh_degree}")
+    if settings.tile_size not in (8, 16, 32):
+        raise ConfigError(f"settings.tile_size must be 8, 16 or 32, got {settings.tile_size}")
+    if len(settings.background) != 3:
+        raise ConfigError(f"settings.background must be 3 floats, got {settings.background!r}")
+    return width, height, degree

@@ -1,0 +1,131 @@
+"""`recon fit SCENE --views N`: fit Gaussians to a few views and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="fit 3D Gaussians to a few views of a scene and write a run folder",
+        description="Reconstruct SCENE (a scene folder, or builtin:synthetic) from N training views: "
+                    "initialise from stereo priors, optimise, render the held-out views and report "
+                    "metrics. Any config key can be overridden with --set KEY=VALUE.",
+    )
+    p.add_argument("scene", nargs="?", metavar="SCENE", help="scene folder or builtin:synthetic (omit with --resume)")
+    p.add_argument("--views", type=int, default=None, help="number of training views (default: config data.views)")
+    p.add_argument("--config", default="default", metavar="NAME|PATH",
+                   help="preset in configs/ (default, fast, llff3, dtu3, blender8, spare3, spare9) or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.iterations=500 --set depth.enabled=false")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<scene>-<time>)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: config seed)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its latest checkpoint")
+    p.add_argument("--format", default=None, help="force the scene format instead of detecting it")
+    p.add_argument("--protocol", default=None, help="split protocol (llff, dtu, blender8, spare, farthest)")
+    p.add_argument("--depth-model", default=None, metavar="PATH", help="local monocular depth model folder")
+    p.add_argument("--stereo-model", default=None, metavar="PATH", help="local learned stereo prior folder")
+    p.add_argument("--diffusion-model", default=None, metavar="PATH",
+                   help="local diffusers img2img folder; enables diffusion refinement of pseudo views")
+    p.add_argument("--view", action="store_true", help="watch the fit live in the browser")
+    p.add_argument("--host", default="127.0.0.1", help="viewer address (with --view)")
+    p.add_argument("--port", type=int, default=8080, help="viewer port (with --view)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+class ProgressBar:
+    """A rich progress bar listener: iteration, loss, PSNR and number of Gaussians."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("fit"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+        self.task = None
+        self._last = 0.0
+
+    def on_start(self, event) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("fit", total=event.total_iterations, status="")
+
+    def on_step(self, event) -> None:
+        now = time.perf_counter()
+        if now - self._last < 0.2 and event.iteration < event.total_iterations:
+            return  # a listener must return quickly; redraws are throttled
+        self._last = now
+        self.progress.update(self.task, completed=event.iteration,
+                             status=f"loss {event.loss:.4f}  PSNR {event.psnr:5.2f}  {event.num_gaussians} Gaussians")
+
+    def on_finish(self, event) -> None:
+        self.progress.stop()
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    if args.seed is not None:
+        out.append(f"seed={args.seed}")
+    if args.format:
+        out.append(f"data.format={args.format}")
+    if args.depth_model:
+        out.append(f"depth.model={args.depth_model}")
+    if args.stereo_model:
+        out.append(f"stereo_model={args.stereo_model}")
+    if args.diffusion_model:
+        out += [f"diffusion.model={args.diffusion_model}", "diffusion.enabled=true"]
+    return out
+
+
+def handler(args: argparse.Namespace) -> int:
+    from recon.errors import ConfigError
+    from recon.optimise.config import load_config
+    from recon.optimise.events import FitControl
+    from recon.pipeline import fit_scene
+
+    control = FitControl()
+    listeners: list = [] if args.no_progress else [ProgressBar()]
+    if args.view:
+        from recon.view.live import LiveViewer  # lazy: viser only when asked for
+
+        listeners.append(LiveViewer(host=args.host, port=args.port, control=control))
+    if args.resume:
+        run = Path(args.resume)
+        record = run / "scene.json"
+        if not record.is_file():
+            raise ConfigError(f"cannot resume {run}: no scene.json there; pass the folder of a run")
+        scene = args.scene or json.loads(record.read_text())["scene"]
+        out = fit_scene(scene, out_dir=run, resume=True, listeners=listeners, control=control)
+    else:
+        if not args.scene:
+            raise ConfigError("recon fit needs a SCENE (a folder or builtin:synthetic), or --resume RUN")
+        config = load_config(args.config, _overrides(args))
+        name = Path(args.scene.replace("builtin:", "")).name or "scene"
+        out_dir = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = fit_scene(args.scene, out_dir=out_dir, config=config, views=args.views, protocol=args.protocol,
+                        listeners=listeners, control=control)
+    _print_summary(out)
+    return 0
+
+
+def _print_summary(run: Path) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics.get("test") or {}
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    print(f"run: {run}")
+    if test:
+        parts = [f"{k.upper()} {fmt(test.get(k))}" for k in ("psnr", "ssim", "lpips")]
+        parts += [f"{k} {fmt(test[k])}" for k in ("psnr_masked", "ssim_masked", "lpips_masked") if k in test]
+        print(f"test ({test.get('num_views', 0)} views): " + ", ".join(parts))
+        if test.get("lpips") is None and test.get("lpips_reason"):
+            print(f"LPIPS: {test['lpips_reason']}")
+    else:
+        print(f"test: {metrics.get('test_reason', 'no test views')}")
+    print(f"{metrics['num_gaussians']} Gaussians, fit {metrics['fit_seconds']} s "
+          f"(total {metrics['total_seconds']} s), peak memory {metrics['peak_rss_bytes'] / 2**30:.2f} GiB")

@@ -1,0 +1,201 @@
+"""Unposed evaluation: put recovered poses into the ground-truth frame before scoring.
+
+When a fit recovers its own training poses (SfM / pointmaps), its world frame differs from
+the ground truth's by a similarity (scale, rotation, translation). We estimate it with
+Umeyama's method from the training camera centres (recovered -> ground truth), then map
+each ground-truth test pose into the reconstruction's frame to render it.
+
+Optionally each mapped test pose is refined photometrically against its test image with
+the Gaussians frozen (gradients through ``recon.render.render``). That uses the test image
+to fix the pose, so it is optimistic: results carry ``test_pose_refined: true`` and
+reports print it beside every number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from recon.errors import ReconError
+from recon.geometry import make_pose, umeyama
+from recon.types import Camera, Gaussians, RenderSettings
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """x_gt = scale * R @ x_est + t (maps the reconstruction frame to ground truth)."""
+
+    scale: float
+    R: Tensor  # [3, 3]
+    t: Tensor  # [3]
+
+    def apply(self, points: Tensor) -> Tensor:  # [N, 3] reconstruction -> ground truth
+        return self.scale * points @ self.R.T + self.t
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "R": self.R.tolist(), "t": self.t.tolist()}
+
+
+def align_centres(est_centres: Tensor, gt_centres: Tensor, with_scale: bool = True) -> Similarity:
+    """Umeyama similarity mapping recovered camera centres [N, 3] onto ground truth [N, 3]."""
+    if est_centres.shape != gt_centres.shape or est_centres.ndim != 2 or est_centres.shape[-1] != 3:
+        raise ReconError(
+            f"camera centres must be two [N, 3] arrays of equal N, got {list(est_centres.shape)} "
+            f"and {list(gt_centres.shape)}"
+        )
+    if est_centres.shape[0] < 3:
+        raise ReconError(
+            f"aligning poses needs at least 3 training cameras, got {est_centres.shape[0]}; "
+            "evaluate with ground-truth poses instead"
+        )
+    s, R, t = umeyama(est_centres.double(), gt_centres.double(), with_scale=with_scale)
+    if not s > 0:
+        raise ReconError("pose alignment failed: the recovered training cameras are degenerate (all at one point)")
+    return Similarity(float(s), R.float(), t.float())
+
+
+def map_pose_to_reconstruction(T_cam_world_gt: Tensor, sim: Similarity) -> Tensor:
+    """A ground-truth world-to-camera pose [4, 4] -> the same camera in the reconstruction
+    frame. With x_gt = s R x_est + t, camera coordinates are R_c (s R x_est + t) + t_c;
+    dividing by s (which does not change the image) gives a rigid pose."""
+    R_c = T_cam_world_gt[:3, :3].float()
+    t_c = T_cam_world_gt[:3, 3].float()
+    return make_pose(R_c @ sim.R, (R_c @ sim.t + t_c) / sim.scale)
+
+
+def map_camera_to_reconstruction(camera: Camera, sim: Similarity) -> Camera:
+    return replace(camera, T_cam_world=map_pose_to_reconstruction(camera.T_cam_world, sim))
+
+
+def pose_errors(est: list[Camera], gt: list[Camera], sim: Similarity) -> dict:
+    """Absolute trajectory error (centre RMSE, ground-truth units) and mean rotation error
+    (degrees) of recovered cameras after alignment."""
+    est_c = torch.stack([c.centre for c in est]).float()  # [N, 3]
+    gt_c = torch.stack([c.centre for c in gt]).float()
+    ate = float(((sim.apply(est_c) - gt_c) ** 2).sum(-1).mean().sqrt())
+    rot_errors = []
+    for e, g in zip(est, gt):
+        # R_cam_gt = R_cam_est @ R^T after alignment; compare with the ground truth
+        R_e = e.T_cam_world[:3, :3].float() @ sim.R.T
+        R_rel = R_e @ g.T_cam_world[:3, :3].float().T
+        cos = ((torch.trace(R_rel) - 1) / 2).clamp(-1.0, 1.0)
+        rot_errors.append(float(torch.rad2deg(torch.arccos(cos))))
+    return {"ate": ate, "rotation_error_deg": sum(rot_errors) / len(rot_errors), "scale": sim.scale}
+
+
+def _se3_exp(xi: Tensor) -> Tensor:
+    """Twist [6] (rotation omega, translation v) -> [4, 4] via the matrix exponential."""
+    w, v = xi[:3], xi[3:]
+    zero = xi.new_zeros(())
+    hat = torch.stack([
+        torch.stack([zero, -w[2], w[1], v[0]]),
+        torch.stack([w[2], zero, -w[0], v[1]]),
+        torch.stack([-w[1], w[0], zero, v[2]]),
+        torch.stack([zero, zero, zero, zero]),
+    ])
+    return torch.linalg.matrix_exp(hat)
+
+
+def refine_test_pose(
+    gaussians: Gaussians,
+    camera: Camera,
+    image: Tensor,
+    *,
+    steps: int = 100,
+    lr: float = 3e-3,
+    settings: RenderSettings = RenderSettings(),
+) -> tuple[Camera, dict]:
+    """Photometric refinement of one test camera with the Gaussians frozen.
+    image [H, W, 3] at the camera's resolution. Returns the refined camera and a record
+    (initial and final L1) for the report. Optimistic: flag results that use it."""
+    from recon.render import render
+
+    if tuple(image.shape[:2]) != (camera.height, camera.width):
+        raise ReconError(
+            f"test image {list(image.shape[:2])} does not match its camera {camera.height}x{camera.width}"
+        )
+    frozen = gaussians.detach()
+    target = image.to(frozen.means.device).float()  # [H, W, 3]
+    T0 = camera.T_cam_world.to(frozen.means.device).float()  # [4, 4]
+    xi = torch.zeros(6, device=T0.device, requires_grad=True)  # left-multiplied correction
+    optimiser = torch.optim.Adam([xi], lr=lr)
+    losses = []
+    for _ in range(max(0, steps)):
+        cam = replace(camera, T_cam_world=_se3_exp(xi) @ T0)
+        rgb = render(frozen, [cam], settings).rgb[0]  # [H, W, 3]
+        loss = (rgb - target).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        T = _se3_exp(xi) @ T0
+        final = float((render(frozen, [replace(camera, T_cam_world=T)], settings).rgb[0] - target).abs().mean())
+    record = {"steps": steps, "l1_before": losses[0] if losses else final, "l1_after": final}
+    return replace(camera, T_cam_world=T.detach().cpu()), record
+
+
+def evaluate_unposed(
+    run_dir,
+    gt_scene: str,
+    *,
+    gt_format: str | None = None,
+    refine_steps: int = 0,
+    lpips_weights: str | None = None,
+) -> dict:
+    """Score a run whose poses were recovered (not given) against a posed copy of the
+    scene: align the run's training cameras to the ground-truth ones (Umeyama on centres,
+    matched by view name), map the ground-truth test cameras into the reconstruction's
+    frame, optionally refine them photometrically (flagged), render point_cloud.ply there
+    and score. Written into metrics.json as ``test_aligned``."""
+    import json
+    from pathlib import Path
+
+    from recon.data import load_scene
+    from recon.data.common import resize_view
+    from recon.evaluate.metrics import summarise
+    from recon.evaluate.protocols import metric_style_for
+    from recon.evaluate.run import camera_from_record, read_json, score_views
+    from recon.export.ply import read_ply
+    from recon.render import render
+
+    run = Path(run_dir)
+    record = read_json(run / "scene.json", "the run's scene record")
+    cams = read_json(run / "cameras.json", "the run's cameras")["cameras"]
+    train = {c["name"]: camera_from_record(c) for c in cams if c["split"] == "train"}
+    gt = load_scene(gt_scene, format=gt_format)
+    gt_views = {v.name: v for v in gt.views}
+    missing = [n for n in [*train, *record.get("test_names", [])] if n not in gt_views]
+    if missing:
+        raise ReconError(f"{gt_scene}: views {missing[:4]} of the run are not in the ground-truth scene; "
+                         "pass the same scene with its poses")
+    names = list(train)
+    sim = align_centres(torch.stack([train[n].centre for n in names]),
+                        torch.stack([gt_views[n].camera.centre for n in names]))
+    errors = pose_errors([train[n] for n in names], [gt_views[n].camera for n in names], sim)
+    gaussians = read_ply(run / "point_cloud.ply")
+    settings = RenderSettings(background=tuple(gt.background or (0.0, 0.0, 0.0)))
+    width, height = record.get("image_size") or (None, None)
+    preds, gts, refinements = {}, {}, []
+    for name in record.get("test_names", []):
+        view = gt_views[name]
+        if width and (view.width, view.height) != (width, height):
+            view = resize_view(view, int(width), int(height))
+        cam = map_camera_to_reconstruction(view.camera, sim)
+        if refine_steps > 0:
+            cam, rec = refine_test_pose(gaussians, cam, view.image, steps=refine_steps, settings=settings)
+            refinements.append({"name": name, **rec})
+        with torch.no_grad():
+            preds[name] = render(gaussians, [cam], settings).rgb[0].clamp(0, 1).cpu()
+        gts[name] = view
+    per_view, status = score_views(preds, gts, metric_style_for(record.get("protocol")), (1.0, 1.0, 1.0), lpips_weights)
+    result = {"metrics": summarise(per_view), "views": per_view, "alignment": sim.to_dict(),
+              "train_pose_errors": errors, "aligned_on": "training camera centres (Umeyama similarity)",
+              "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene)}
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["test_aligned"] = result
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    return result

@@ -1,0 +1,268 @@
+"""The SpaRe protocol (AIM 2024 Sparse Neural Rendering challenge) as one call.
+
+Layout (sparebenchmark.github.io, "Data structure"): ``Track{1,2}_split_{development,test}.json``
+maps each scene (also its folder name) to ``input_views``, ``test_views`` and ``dataset``
+("DTU" or "SpaRe"); view index i is camera i+1; images are ``rect_{i+1:03d}_{light}_r5000.png``
+(DTU) or ``cam_{i+1:03d}_{light}_0000.png`` (SpaRe); lighting 3 (all lights on) is evaluated.
+
+``run_spare`` fits every scene on its 3 (Track 1) or 9 (Track 2) input views, renders the
+10 test views at the scene's full resolution (1600x1200 for the challenge data), scores
+them when ground truth is present (PSNR-M, SSIM-M, LPIPS-M with AlexNet, plus full-image
+values) and writes the submission zip.
+
+Submission naming (an assumption: the challenge page we could read documents the data
+layout, not the archive): one folder per scene at the archive root, named as the split
+JSON key, holding one PNG per test view named exactly as that view's image in the data
+layout at lighting 3, e.g. ``scan8/rect_013_3_r5000.png`` or ``Amplifier/cam_005_3_0000.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.errors import ReconError, SceneError
+
+TRACK_VIEWS = {1: 3, 2: 9}
+EVAL_LIGHTING = 3
+FULL_RESOLUTION = (1600, 1200)
+
+
+@dataclass(frozen=True)
+class SpareEntry:
+    scene: str
+    input_views: tuple[int, ...]
+    test_views: tuple[int, ...]
+    dataset: str  # "DTU" | "SpaRe"
+
+
+def image_name(dataset: str, index: int, lighting: int = EVAL_LIGHTING) -> str:
+    """File name of view ``index`` (camera index+1) in the SpaRe layout."""
+    if dataset.lower() == "dtu":
+        return f"rect_{index + 1:03d}_{lighting}_r5000.png"
+    return f"cam_{index + 1:03d}_{lighting}_0000.png"
+
+
+def read_split(path: str | Path) -> dict[str, SpareEntry]:
+    """Parse and check a ``Track*_split_*.json`` (scene -> input_views, test_views, dataset)."""
+    from recon.data.splits import read_spare_split
+
+    path = Path(path)
+    entries = {}
+    for scene, raw in read_spare_split(path).items():
+        if not isinstance(raw, dict) or "input_views" not in raw:
+            raise SceneError(f"{path}: scene {scene!r} has no input_views; each entry needs input_views and test_views")
+        ids = {}
+        for key in ("input_views", "test_views"):
+            values = raw.get(key, [])
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                raise SceneError(f"{path}: scene {scene!r} {key} must be non-negative integers, got {values!r}")
+            ids[key] = tuple(values)
+        dataset = str(raw.get("dataset", "DTU" if scene.lower().startswith("scan") else "SpaRe"))
+        entries[scene] = SpareEntry(scene, ids["input_views"], ids["test_views"], dataset)
+    return entries
+
+
+def find_split(data_root: str | Path, track: int, kind: str | None = None) -> Path:
+    root = Path(data_root)
+    kinds = (kind,) if kind else ("development", "test")
+    for k in kinds:
+        path = root / f"Track{track}_split_{k}.json"
+        if path.is_file():
+            return path
+    raise SceneError(f"{root}: no Track{track}_split_{'|'.join(kinds)}.json; point --data-root at the SpaRe folder")
+
+
+def write_submission(folder: str | Path, zip_path: str | Path) -> Path:
+    """Zip ``folder``'s scene sub-folders so each sits at the archive root."""
+    folder, zip_path = Path(folder), Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for scene_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for png in sorted(scene_dir.glob("*.png")):
+                zf.write(png, f"{scene_dir.name}/{png.name}")
+    return zip_path
+
+
+def check_submission(zip_path: str | Path, entries: dict[str, SpareEntry],
+                     resolution: tuple[int, int] | None = None) -> list[str]:
+    """Problems with a submission zip (missing/extra files, wrong image size); [] if none."""
+    import imageio.v3 as iio
+
+    problems = []
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+        expected = {f"{e.scene}/{image_name(e.dataset, i)}" for e in entries.values() for i in e.test_views}
+        problems += [f"missing {n}" for n in sorted(expected - names)]
+        problems += [f"unexpected {n}" for n in sorted(names - expected)]
+        if resolution is not None:
+            for n in sorted(expected & names):
+                h, w = np.asarray(iio.imread(zf.read(n)))[..., :3].shape[:2]
+                if (w, h) != tuple(resolution):
+                    problems.append(f"{n} is {w}x{h}, expected {resolution[0]}x{resolution[1]}")
+    return problems
+
+
+def read_mask(scene_dir: Path, view_name: str, index: int | None = None) -> torch.Tensor | None:
+    """Object mask of a view when the scene folder has one: ``mask/<image stem>.png`` or
+    ``mask/<index:03d>.png`` (the IDR/NeuS DTU convention), thresholded at 128."""
+    import imageio.v3 as iio
+
+    candidates = [scene_dir / d / f"{view_name}.png" for d in ("mask", "masks")]
+    if index is not None:
+        candidates += [scene_dir / d / f"{index:03d}.png" for d in ("mask", "masks")]
+    for path in candidates:
+        if path.is_file():
+            arr = np.asarray(iio.imread(path))
+            arr = arr[..., 0] if arr.ndim == 3 else arr
+            return torch.from_numpy(arr >= 128)
+    return None
+
+
+def write_layout(root: str | Path, scenes: dict, splits: dict[int, dict[str, dict]], kind: str = "development") -> Path:
+    """Write scenes in the SpaRe layout: ``root/<name>/`` with images named per the
+    dataset convention at lighting 3, ``pos_XXX.txt`` projection matrices (P = K [R | t],
+    world frame of the scene), ``mask/<stem>.png`` when views carry masks, and
+    ``root/Track{t}_split_{kind}.json``. ``scenes``: name -> (Scene, dataset "DTU"|"SpaRe");
+    view i of the scene becomes camera i+1. ``splits``: track -> name -> {input_views, test_views}."""
+    import imageio.v3 as iio
+
+    from recon.data.writers import write_scene
+
+    root = Path(root)
+    for name, (scene, dataset) in scenes.items():
+        folder = root / name
+        (folder / "mask").mkdir(parents=True, exist_ok=True)
+        if dataset.lower() == "dtu":  # the data stage's writer: pos_XXX.txt + rect_XXX_3_r5000.png
+            write_scene(scene, folder, "spare")
+        for i, view in enumerate(scene.views):
+            stem = Path(image_name(dataset, i)).stem
+            if dataset.lower() != "dtu":  # SpaRe-synthetic naming, which that writer does not produce
+                iio.imwrite(folder / f"{stem}.png", (view.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+                P = view.camera.K.double() @ view.camera.T_cam_world.double()[:3]  # [3, 4]
+                np.savetxt(folder / f"pos_{i + 1:03d}.txt", P.numpy(), fmt="%.10g")
+            if view.mask is not None:
+                iio.imwrite(folder / "mask" / f"{stem}.png", (view.mask.numpy().astype(np.uint8) * 255))
+    for track, entries in splits.items():
+        data = {n: {"input_views": list(e["input_views"]), "test_views": list(e["test_views"]),
+                    "dataset": scenes[n][1]} for n, e in entries.items()}
+        (root / f"Track{track}_split_{kind}.json").write_text(json.dumps(data, indent=2))
+    return root
+
+
+def _render_full(run: Path, size: tuple[int, int], background) -> list[tuple[str, torch.Tensor]]:
+    """Test views of a run rendered at ``size`` (cameras.json cameras rescaled)."""
+    import yaml
+
+    from recon.evaluate.run import run_test_cameras
+    from recon.export.ply import read_ply
+    from recon.render import render
+    from recon.types import RenderSettings
+
+    gaussians = read_ply(run / "point_cloud.ply")
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    r = cfg.get("render", {}) or {}
+    settings = RenderSettings(background=tuple(background), backend=r.get("backend", "auto"),
+                              antialiased=bool(r.get("antialiased", False)))
+    out = []
+    with torch.no_grad():
+        for name, cam in run_test_cameras(run):
+            out.append((name, render(gaussians, [cam.scaled(*size)], settings).rgb[0].clamp(0, 1).cpu()))
+    return out
+
+
+def _save_png(path: Path, image: torch.Tensor) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+
+
+def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path, *, size, lpips_weights) -> dict:
+    """Render one fitted scene's test views into the submission folder and score them
+    against ground truth when the split provides it (development split)."""
+    from recon.data import load_scene
+    from recon.data.common import resize_view
+    from recon.evaluate.run import score_views
+
+    scene = load_scene(scene_dir, format="spare")
+    full = size or (scene.views[0].width, scene.views[0].height)
+    background = tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+    renders = _render_full(run, full, background)
+    if len(renders) != len(entry.test_views):
+        raise ReconError(f"{run}: {len(renders)} test cameras but the split lists {len(entry.test_views)} "
+                         f"test views for {entry.scene}; the loader must provide every test camera")
+    by_name = {v.name: v for v in scene.views}
+    preds, gts = {}, {}
+    for (name, image), index in zip(renders, entry.test_views):
+        _save_png(submission / entry.scene / image_name(entry.dataset, index), image)
+        gt = by_name.get(name)
+        if gt is not None and gt.image.numel() > 0:
+            if gt.mask is None:  # the loader reads no masks: take them from mask/ when present
+                mask = read_mask(scene_dir, name, index)
+                if mask is not None and tuple(mask.shape) == (gt.height, gt.width):
+                    gt = replace(gt, mask=mask)
+            preds[name] = image
+            gts[name] = gt if (gt.width, gt.height) == tuple(full) else resize_view(gt, *full)
+    record = {"scene": entry.scene, "dataset": entry.dataset, "resolution": list(full), "run_dir": str(run)}
+    if gts and len(gts) == len(renders):
+        from recon.evaluate.metrics import summarise
+
+        per_view, status = score_views(preds, gts, "spare", (0.0, 0.0, 0.0), lpips_weights)
+        record.update(metrics=summarise(per_view), views=per_view, metric_style=status["style"],
+                      lpips_reason=status["lpips_alex"])
+    else:
+        record["metrics"] = None
+        record["metrics_reason"] = "test images are not in the data (test split): submission only"
+    return record
+
+
+def run_spare(
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    track: int = 1,
+    split: str | None = None,
+    config=None,
+    overrides: Sequence[str] = (),
+    scenes: Sequence[str] | None = None,
+    size: tuple[int, int] | None = None,
+    lpips_weights: str | None = None,
+    fit_fn: Callable | None = None,
+) -> dict:
+    """Fit, render and (when possible) score every scene of a SpaRe track; write
+    ``submission_track{track}.zip`` and ``spare_results.json`` into ``out_dir``."""
+    from recon.optimise.config import load_config
+
+    if track not in TRACK_VIEWS:
+        raise ReconError(f"SpaRe track {track} does not exist; use 1 (3 views) or 2 (9 views)")
+    if fit_fn is None:
+        from recon.pipeline import fit_scene as fit_fn
+    root, out = Path(data_root), Path(out_dir)
+    split_path = find_split(root, track, split)
+    entries = read_split(split_path)
+    if scenes:
+        entries = {k: v for k, v in entries.items() if k in set(scenes)}
+    from recon.evaluate.protocols import get_suite, suite_config
+
+    preset = suite_config(get_suite(f"spare{TRACK_VIEWS[track]}"), config if isinstance(config, str) else None)
+    submission = out / "submission"
+    records = []
+    for name, entry in entries.items():
+        cfg = config if config is not None and not isinstance(config, str) else load_config(preset, list(overrides))
+        run = fit_fn(str(root / name), out_dir=out / "runs" / name, config=cfg,
+                     views=TRACK_VIEWS[track], protocol="spare")
+        records.append(spare_scene(root / name, entry, Path(run), submission, size=size, lpips_weights=lpips_weights))
+    zip_path = write_submission(submission, out / f"submission_track{track}.zip")
+    problems = check_submission(zip_path, entries, size)
+    result = {"track": track, "split_file": str(split_path), "zip": str(zip_path), "problems": problems,
+              "scenes": records, "protocol": "SpaRe: PSNR-M over the object mask, SSIM-M/LPIPS-M (AlexNet) "
+              "in the mask's tight box, full-image PSNR/SSIM/LPIPS; test views at full resolution"}
+    (out / "spare_results.json").write_text(json.dumps(result, indent=2, default=str))
+    return result

@@ -1,0 +1,273 @@
+"""Fit configuration: typed dataclasses, YAML presets in ``configs/``, ``key=value`` overrides.
+
+A preset is a partial YAML file over the dataclass defaults (``default.yaml`` is the
+defaults themselves); ``base: NAME`` in a preset layers it on another preset first.
+Every component has an ``enabled`` switch so an ablation is one override, e.g.
+``depth.enabled=false`` or ``densify.enabled=false``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recon.errors import ConfigError
+
+# Presets ship in the repository's configs/ folder (and inside the package when installed).
+_PRESET_DIRS = (
+    Path(__file__).resolve().parents[2] / "configs",
+    Path(__file__).resolve().parents[1] / "configs",
+)
+
+
+@dataclass
+class DataConfig:
+    format: str | None = None  # None = detect
+    protocol: str | None = None  # None = the scene format's usual protocol
+    views: int = 3
+    width: int | None = None  # image width to load at (loader option; None = native)
+    max_side: int = 0  # then resize so the longer image side is at most this (0 = keep)
+    options: dict = field(default_factory=dict)  # extra loader options, e.g. images: images_8
+
+
+@dataclass
+class InitConfig:
+    method: str = "stereo"  # "stereo" | "sift" | "random" (see recon.init)
+    sh_degree: int = 3
+    max_points: int = 100_000
+    random_points: int = 20_000
+
+
+@dataclass
+class OptimConfig:
+    iterations: int = 3000
+    ssim_weight: float = 0.2
+    lr_means: float = 1.6e-4  # times scene extent, decays to lr_means_final
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacity: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 1.25e-4
+    sh_degree_interval: int = 1000  # raise the active SH degree every this many steps
+    max_loss: float = 10.0  # a loss above this (or NaN) stops the fit with diagnostics
+    random_background: bool = False
+
+
+@dataclass
+class DepthConfig:
+    enabled: bool = True
+    model: str | None = None  # local folder of a monocular depth model; None = MVS depth
+    pearson_weight: float = 0.05
+    ranking_weight: float = 0.05
+    ranking_pairs: int = 4096
+    ranking_window: int = 8
+    start: int = 0
+    stop: int = 1_000_000
+
+
+@dataclass
+class PseudoConfig:
+    enabled: bool = True
+    every: int = 4  # one pseudo view every this many steps
+    start: int = 200
+    weight: float = 0.5  # times the depth weights
+    jitter: float = 0.02  # camera position noise, times scene extent
+
+
+@dataclass
+class DensifyConfig:
+    enabled: bool = True
+    refine_start: int = 300
+    refine_stop: int = 2000
+    refine_every: int = 100
+    grow_grad2d: float = 2e-4
+    grow_scale3d: float = 0.01
+    prune_opa: float = 0.005
+    prune_scale3d: float = 0.1
+    reset_every: int = 0  # 0 = never reset opacities
+    max_gaussians: int = 200_000
+
+
+@dataclass
+class RegulariseConfig:
+    enabled: bool = True
+    opacity_weight: float = 1e-3
+    scale_weight: float = 1e-2
+    max_scale: float = 0.1  # times scene extent
+    max_ratio: float = 10.0
+
+
+@dataclass
+class PoseConfig:
+    refine: str = "auto"  # "auto" (only for unposed scenes) | "on" | "off"
+    lr: float = 1e-4
+    start: int = 0
+
+
+@dataclass
+class DiffusionConfig:
+    enabled: bool = False
+    model: str | None = None  # local diffusers img2img folder
+    every: int = 500  # regenerate refined pseudo targets every this many steps
+    start: int = 1000
+    weight: float = 0.1
+    num_views: int = 4
+
+
+@dataclass
+class RenderConfig:
+    backend: str = "auto"
+    antialiased: bool = False
+
+
+@dataclass
+class FitConfig:
+    seed: int = 0
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    checkpoint_every: int = 500
+    log_every: int = 10
+    stereo_model: str | None = None  # local folder of the learned stereo prior
+    data: DataConfig = field(default_factory=DataConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    regularise: RegulariseConfig = field(default_factory=RegulariseConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _apply(obj: Any, values: dict, where: str) -> None:
+    """Writes nested ``values`` into dataclass ``obj``, checking keys and types."""
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if not dataclasses.is_dataclass(obj) or key not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"unknown config key {name!r}; see configs/default.yaml for the keys")
+        current = getattr(obj, key)
+        if isinstance(current, dict):  # free-form section (loader options)
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} is a mapping; set its keys as {name}.KEY=VALUE")
+            current.update(value)
+            continue
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY=VALUE")
+            _apply(current, value, name)
+            continue
+        setattr(obj, key, _coerce(value, current, name))
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(current, float) and number is not None:
+            return number
+        if number is not None and number.is_integer():
+            return int(number)
+        kind = "a number" if isinstance(current, float) else "an integer"
+        raise ConfigError(f"config key {name!r} must be {kind}, got {value!r}")
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+    return value
+
+
+def preset_path(name: str) -> Path:
+    """A preset name ("fast") or a YAML path -> the file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for folder in _PRESET_DIRS:
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in _PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError(f"config {name!r} is neither a YAML file nor a preset; presets: {', '.join(known)}")
+
+
+def _read_layers(name: str, seen: tuple[str, ...] = ()) -> list[dict]:
+    path = preset_path(name)
+    if str(path) in seen:
+        raise ConfigError(f"config {path} inherits from itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    base = data.pop("base", None)
+    layers = _read_layers(base, seen + (str(path),)) if base else []
+    return layers + [data]
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.iterations=500"`` -> ``{"optim": {"iterations": 500}}`` (YAML-typed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. optim.iterations=500")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(name_or_path: str | None = "default", overrides: list[str] | tuple[str, ...] = ()) -> FitConfig:
+    """Builds a FitConfig from a preset (or YAML path, or a saved run's config.yaml) and
+    ``key=value`` overrides, applied in order."""
+    config = FitConfig()
+    for layer in _read_layers(name_or_path) if name_or_path else []:
+        _apply(config, layer, "")
+    for text in overrides:
+        _apply(config, parse_override(text), "")
+    validate(config)
+    return config
+
+
+def from_dict(values: dict) -> FitConfig:
+    config = FitConfig()
+    _apply(config, values, "")
+    validate(config)
+    return config
+
+
+def validate(config: FitConfig) -> None:
+    if config.optim.iterations < 1:
+        raise ConfigError(f"optim.iterations must be >= 1, got {config.optim.iterations}")
+    if config.data.views < 1:
+        raise ConfigError(f"data.views must be >= 1, got {config.data.views}")
+    if config.init.method not in ("stereo", "sift", "random", "learned"):
+        raise ConfigError(f"init.method must be stereo, sift, random or learned, got {config.init.method!r}")
+    if config.pose.refine not in ("auto", "on", "off"):
+        raise ConfigError(f"pose.refine must be auto, on or off, got {config.pose.refine!r}")
+    if not 0 <= config.init.sh_degree <= 3:
+        raise ConfigError(f"init.sh_degree must be 0..3, got {config.init.sh_degree}")
+    if config.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")

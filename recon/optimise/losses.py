@@ -1,0 +1,161 @@
+"""Loss terms of the fit, as pure functions of tensors.
+
+Images are [H, W, 3] or [B, H, W, 3] float in [0, 1]; depths are [H, W]. Every function
+returns a scalar tensor and is differentiable in its first argument. Nothing here reads
+configuration: the trainer passes weights and options in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Standard SSIM constants (Wang et al. 2004) for images in [0, 1].
+_SSIM_C1 = 0.01**2
+_SSIM_C2 = 0.03**2
+_SSIM_WINDOW = 11
+_SSIM_SIGMA = 1.5
+# Depths closer than this are treated as "no depth" when turned into disparity.
+_MIN_DEPTH = 1e-6
+
+
+def _as_bchw(img: Tensor) -> Tensor:
+    """[H, W, 3] or [B, H, W, 3] -> [B, 3, H, W]."""
+    if img.dim() == 3:
+        img = img[None]
+    return img.permute(0, 3, 1, 2)
+
+
+def l1(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean absolute error; ``mask`` ([..., H, W] bool) restricts it to True pixels."""
+    err = (pred - gt).abs()  # [..., H, W, 3]
+    if mask is None:
+        return err.mean()
+    weight = mask[..., None].to(err.dtype).expand_as(err)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :])[None, None]  # [1, 1, S, S]
+    return window.expand(channels, 1, size, size).contiguous()
+
+
+def ssim(pred: Tensor, gt: Tensor) -> Tensor:
+    """Mean SSIM with an 11x11 Gaussian window (sigma 1.5), valid-region only like
+    torchmetrics, so the fit and the evaluation agree on what SSIM means."""
+    x, y = _as_bchw(pred), _as_bchw(gt)  # [B, 3, H, W]
+    size = min(_SSIM_WINDOW, x.shape[-1], x.shape[-2])
+    size -= 1 - size % 2  # odd window
+    win = _gaussian_window(size, _SSIM_SIGMA, x.shape[1], x)
+    conv = lambda t: F.conv2d(t, win, groups=x.shape[1])  # noqa: E731
+    mu_x, mu_y = conv(x), conv(y)
+    sxx = conv(x * x) - mu_x**2
+    syy = conv(y * y) - mu_y**2
+    sxy = conv(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + _SSIM_C1) * (2 * sxy + _SSIM_C2)
+    den = (mu_x**2 + mu_y**2 + _SSIM_C1) * (sxx + syy + _SSIM_C2)
+    return (num / den).mean()
+
+
+def photometric(pred: Tensor, gt: Tensor, ssim_weight: float, mask: Tensor | None = None) -> Tensor:
+    """The 3DGS photometric loss ``(1 - w) * L1 + w * (1 - SSIM)``."""
+    loss = (1.0 - ssim_weight) * l1(pred, gt, mask)
+    if ssim_weight > 0:
+        loss = loss + ssim_weight * (1.0 - ssim(pred, gt))
+    return loss
+
+
+def psnr(pred: Tensor, gt: Tensor) -> float:
+    """PSNR in dB for images in [0, 1] (a training-time readout, not the evaluation)."""
+    mse = float(((pred.detach() - gt) ** 2).mean())
+    return float("inf") if mse <= 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
+
+
+def _comparable(rendered: Tensor, prior: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """Puts rendered z-depth and a prior in the same monotone space: a "disparity" prior
+    (larger = nearer, e.g. monocular models) is compared with rendered inverse depth."""
+    if kind == "depth":
+        return rendered, prior
+    if kind == "disparity":
+        return 1.0 / rendered.clamp_min(_MIN_DEPTH), prior
+    raise ValueError(f"depth prior kind must be 'depth' or 'disparity', got {kind!r}")
+
+
+def pearson_depth_loss(
+    rendered: Tensor, prior: Tensor, kind: str = "depth", valid: Tensor | None = None
+) -> Tensor:
+    """``1 - Pearson(rendered, prior)`` over valid pixels: invariant to the prior's scale
+    and shift, so monocular or sparse MVS depth can guide without metric agreement.
+
+    rendered, prior: [H, W]; valid: [H, W] bool (defaults to prior > 0 and rendered > 0).
+    """
+    if valid is None:
+        valid = (prior > 0) & (rendered.detach() > 0)
+    if int(valid.sum()) < 16:  # too few pixels for a meaningful correlation
+        return rendered.sum() * 0.0
+    a, b = _comparable(rendered[valid], prior[valid], kind)  # [P], [P]
+    a = a - a.mean()
+    b = b - b.mean()
+    corr = (a * b).sum() / (a.norm() * b.norm() + 1e-8)
+    return 1.0 - corr
+
+
+def depth_ranking_loss(
+    rendered: Tensor,
+    prior: Tensor,
+    kind: str = "depth",
+    valid: Tensor | None = None,
+    *,
+    num_pairs: int = 4096,
+    window: int = 8,
+    margin: float = 1e-4,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Local depth-ranking loss (SparseNeRF / RDG-GS style): for random pixel pairs at
+    most ``window`` pixels apart, if the prior says pixel a is nearer than pixel b, the
+    rendered depth must say so too; violations are penalised by a hinge.
+
+    rendered, prior: [H, W]; valid: [H, W] bool (defaults to prior > 0).
+    """
+    if kind not in ("depth", "disparity"):
+        raise ValueError(f"depth prior kind must be 'depth' or 'disparity', got {kind!r}")
+    H, W = rendered.shape
+    if valid is None:
+        valid = prior > 0
+    dev = rendered.device
+    ya = torch.randint(0, H, (num_pairs,), generator=generator).to(dev)
+    xa = torch.randint(0, W, (num_pairs,), generator=generator).to(dev)
+    off = torch.randint(-window, window + 1, (2, num_pairs), generator=generator).to(dev)
+    yb = (ya + off[0]).clamp(0, H - 1)
+    xb = (xa + off[1]).clamp(0, W - 1)
+    keep = valid[ya, xa] & valid[yb, xb]
+    if int(keep.sum()) == 0:
+        return rendered.sum() * 0.0
+    ra, rb = rendered[ya, xa][keep], rendered[yb, xb][keep]  # rendered z-depth
+    pa, pb = prior[ya, xa][keep], prior[yb, xb][keep]
+    # Nearer-than in the prior's own space: smaller depth, or larger disparity.
+    a_nearer = pa < pb if kind == "depth" else pa > pb
+    differs = pa != pb
+    sign = torch.where(a_nearer, 1.0, -1.0)  # +1: want ra < rb
+    violation = torch.relu(sign * (ra - rb) + margin)  # [P]
+    return (violation * differs).sum() / differs.sum().clamp_min(1)
+
+
+def opacity_regulariser(opacity_logits: Tensor) -> Tensor:
+    """Mean opacity: pushes unneeded Gaussians towards transparency so pruning removes
+    the floaters that sparse views cannot constrain."""
+    return torch.sigmoid(opacity_logits).mean()
+
+
+def scale_regulariser(log_scales: Tensor, max_scale: float, max_ratio: float = 10.0) -> Tensor:
+    """Penalises Gaussians larger than ``max_scale`` (scene units) and needle-like ones
+    (largest / smallest axis above ``max_ratio``); both become floaters in new views."""
+    scales = torch.exp(log_scales)  # [N, 3]
+    too_big = torch.relu(scales.max(dim=-1).values - max_scale).mean()
+    ratio = scales.max(dim=-1).values / scales.min(dim=-1).values.clamp_min(1e-8)
+    too_thin = torch.relu(ratio - max_ratio).mean() / max_ratio
+    return too_big + too_thin

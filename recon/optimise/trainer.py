@@ -1,0 +1,327 @@
+"""The optimisation loop. It renders, computes losses, steps optimisers, densifies and
+emits events (``recon.optimise.events``); it owns no files, sockets or UI. Checkpointing is
+a callback the caller passes (``checkpoint_fn(state)``), called only with finite state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from recon.errors import ReconError
+from recon.geometry import quat_to_rotmat, rotmat_to_quat
+from recon.optimise import losses
+from recon.optimise.config import FitConfig
+from recon.optimise.densify import Densifier
+from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
+from recon.optimise.schedules import exp_decay, sh_degree_at
+from recon.types import Camera, Gaussians, RenderSettings
+
+# Names of the Gaussian parameters in gsplat's convention (its strategy edits them).
+_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+class FitDivergedError(ReconError):
+    """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainData:
+    """What the trainer fits to. Depth priors are per training view ([H, W], 0 = unknown)."""
+
+    cameras: list[Camera]
+    images: list[Tensor]  # each [H, W, 3]
+    names: list[str]
+    masks: list[Tensor | None] = field(default_factory=list)
+    depth_priors: list[tuple[Tensor, str] | None] = field(default_factory=list)  # (values, kind)
+    prior_points: Tensor | None = None  # [M, 3] metric prior points, reprojected into pseudo views
+    scene_scale: float = 1.0  # extent of the cameras/scene, scales lrs and thresholds
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass
+class TrainResult:
+    gaussians: Gaussians  # detached
+    cameras: list[Camera]  # training cameras after pose refinement
+    history: list[dict]
+    iteration: int
+    seconds: float
+    stopped: bool  # True when a FitControl stopped it early
+
+
+def _skew(w: Tensor) -> Tensor:  # [V, 3] -> [V, 3, 3]
+    z = torch.zeros_like(w[:, 0])
+    return torch.stack([z, -w[:, 2], w[:, 1], w[:, 2], z, -w[:, 0], -w[:, 1], w[:, 0], z], -1).reshape(-1, 3, 3)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: FitConfig,
+        gaussians: Gaussians,
+        data: TrainData,
+        *,
+        render_fn: Callable | None = None,
+        listeners: Sequence[FitListener] = (),
+        control: FitControl | None = None,
+        checkpoint_fn: Callable[[dict], None] | None = None,
+        refine_poses: bool = False,
+        depth_model=None,  # recon.priors.depth.DepthPrior for pseudo views, or None
+        refiner=None,  # recon.priors.diffusion.Img2ImgRefiner, or None
+        run_dir: str = "",
+    ):
+        if render_fn is None:
+            from recon.render import render as render_fn
+        self.cfg, self.data, self.render_fn = config, data, render_fn
+        self.listeners, self.control = list(listeners), control or FitControl()
+        self.checkpoint_fn, self.depth_model, self.refiner = checkpoint_fn, depth_model, refiner
+        self.run_dir, self.refine_poses = run_dir, refine_poses
+        self.max_sh = gaussians.sh_degree
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration, self.seconds, self.history = 0, 0.0, []
+        self.params = self._make_params(gaussians)
+        self.optimizers = {k: self._adam(k) for k in self.params}
+        V = len(data.cameras)
+        self.pose_deltas = torch.nn.Parameter(torch.zeros(V, 6))  # [V, 6] (rotation, translation)
+        self.pose_opt = torch.optim.Adam([self.pose_deltas], lr=config.pose.lr, eps=1e-15)
+        self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
+        self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
+
+    # ---- parameters -------------------------------------------------------------------
+    def _make_params(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
+        t = {"means": g.means, "scales": g.log_scales, "quats": g.quats,
+             "opacities": g.opacity_logits, "sh0": g.sh[:, :1], "shN": g.sh[:, 1:]}
+        return {k: torch.nn.Parameter(v.detach().float().clone().contiguous()) for k, v in t.items()}
+
+    def _lr(self, key: str) -> float:
+        o = self.cfg.optim
+        return {"means": o.lr_means * self.data.scene_scale, "scales": o.lr_scales,
+                "quats": o.lr_quats, "opacities": o.lr_opacity, "sh0": o.lr_sh0, "shN": o.lr_shN}[key]
+
+    def _adam(self, key: str) -> torch.optim.Adam:
+        return torch.optim.Adam([self.params[key]], lr=self._lr(key), eps=1e-15)
+
+    def gaussians(self) -> Gaussians:
+        p = self.params
+        return Gaussians(p["means"], p["scales"], p["quats"], p["opacities"], torch.cat([p["sh0"], p["shN"]], 1))
+
+    def train_camera(self, v: int) -> Camera:
+        """Training camera v with its refined pose: T = exp(delta_v) @ T_init."""
+        cam = self.data.cameras[v]
+        if not self.refine_poses or v == 0:  # view 0 fixes the gauge
+            return cam
+        d = self.pose_deltas[v : v + 1]  # [1, 6]
+        R = torch.linalg.matrix_exp(_skew(d[:, :3]))[0]  # [3, 3]
+        top = torch.cat([R, d[0, 3:, None]], dim=1)  # [3, 4]
+        T_delta = torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]])], dim=0)  # [4, 4]
+        return Camera(cam.K, T_delta @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
+
+    # ---- losses -------------------------------------------------------------------------
+    def _settings(self, sh: int) -> RenderSettings:
+        r = self.cfg.render
+        return RenderSettings(sh_degree=sh, background=self.data.background, backend=r.backend,
+                              antialiased=r.antialiased)
+
+    def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float) -> Tensor:
+        c = self.cfg.depth
+        valid = (prior > 0) & (depth.detach() > 0)  # [H, W]
+        loss = depth.sum() * 0.0
+        if c.pearson_weight > 0:
+            loss = loss + c.pearson_weight * losses.pearson_depth_loss(depth, prior, kind, valid)
+        if c.ranking_weight > 0:
+            loss = loss + c.ranking_weight * losses.depth_ranking_loss(
+                depth, prior, kind, valid, num_pairs=c.ranking_pairs, window=c.ranking_window,
+                generator=self.generator)
+        return weight * loss
+
+    def _depth_active(self, it: int) -> bool:
+        c = self.cfg.depth
+        return c.enabled and c.start <= it < c.stop
+
+    def _pseudo_camera(self) -> Camera:
+        """A camera between two random training cameras (slerp rotation, lerp centre) with
+        a small position jitter: unseen viewpoints where the depth prior still applies."""
+        V = len(self.data.cameras)
+        i, j = torch.randint(V, (2,), generator=self.generator).tolist()
+        t = float(torch.rand((), generator=self.generator))
+        a, b = self.data.cameras[i], self.data.cameras[j]
+        qa, qb = rotmat_to_quat(a.T_cam_world[:3, :3]), rotmat_to_quat(b.T_cam_world[:3, :3])
+        qb = qb if float((qa * qb).sum()) >= 0 else -qb
+        q = (1 - t) * qa + t * qb  # normalised lerp: the views are close enough for nlerp
+        R = quat_to_rotmat(q / q.norm())  # [3, 3]
+        centre = (1 - t) * a.centre + t * b.centre
+        centre = centre + self.cfg.pseudo.jitter * self.data.scene_scale * torch.randn(3, generator=self.generator)
+        T = torch.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = -R @ centre
+        return Camera(a.K, T, a.width, a.height)
+
+    def _reprojected_depth(self, cam: Camera) -> Tensor | None:
+        """Prior points splatted into ``cam`` with a z-buffer -> sparse depth [H, W]."""
+        pts = self.data.prior_points
+        if pts is None or len(pts) == 0:
+            return None
+        p = pts @ cam.T_cam_world[:3, :3].T + cam.T_cam_world[:3, 3]  # [M, 3]
+        z = p[:, 2]
+        uv = (p[:, :2] / z.clamp_min(1e-6)[:, None]) @ cam.K[:2, :2].T + cam.K[:2, 2]  # [M, 2]
+        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        ok = (z > 1e-3) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        flat = torch.full((cam.height * cam.width,), float("inf"))
+        flat = flat.scatter_reduce(0, v[ok] * cam.width + u[ok], z[ok], "amin")
+        return torch.where(torch.isfinite(flat), flat, 0.0).reshape(cam.height, cam.width)
+
+    def _pseudo_loss(self, it: int, sh: int) -> Tensor | None:
+        c = self.cfg.pseudo
+        if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
+            return None
+        cam = self._pseudo_camera()
+        out = self.render_fn(self.gaussians(), [cam], self._settings(sh))
+        depth = out.depth[0]  # [H, W]
+        if self.depth_model is not None:
+            pred = self.depth_model.predict(out.rgb[0].detach().clamp(0, 1))
+            prior, kind = pred.values.to(depth), pred.kind
+        else:
+            prior, kind = self._reprojected_depth(cam), "depth"
+            if prior is None:
+                return None
+        return self._depth_terms(depth, prior, kind, c.weight)
+
+    def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
+        c = self.cfg.diffusion
+        if self.refiner is None or not c.enabled or it < c.start:
+            return None
+        if (it - c.start) % c.every == 0:  # refresh the refined pseudo targets
+            cams = [self._pseudo_camera() for _ in range(c.num_views)]
+            with torch.no_grad():
+                rgb = self.render_fn(self.gaussians().detach(), cams, self._settings(sh)).rgb
+            refined = self.refiner.refine(rgb.clamp(0, 1))  # [B, H, W, 3]
+            self.pseudo_targets = list(zip(cams, refined.detach().float()))
+        if not self.pseudo_targets:
+            return None
+        k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
+        cam, target = self.pseudo_targets[k]
+        pred = self.render_fn(self.gaussians(), [cam], self._settings(sh)).rgb[0]
+        return c.weight * losses.l1(pred, target)
+
+    # ---- loop ---------------------------------------------------------------------------
+    def _set_lrs(self, it: int) -> None:
+        o = self.cfg.optim
+        s = self.data.scene_scale
+        lr = exp_decay(it, o.iterations, o.lr_means * s, o.lr_means_final * s)
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = lr
+
+    def step(self, it: int) -> dict:
+        """One iteration (1-based); returns the loss terms as floats."""
+        cfg = self.cfg
+        self._set_lrs(it)
+        sh = sh_degree_at(it - 1, cfg.optim.sh_degree_interval, self.max_sh)
+        v = int(torch.randint(len(self.data.cameras), (1,), generator=self.generator))
+        gt = self.data.images[v]  # [H, W, 3]
+        out = self.render_fn(self.gaussians(), [self.train_camera(v)], self._settings(sh))
+        info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
+        rgb = out.rgb[0]  # [H, W, 3]
+        terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
+        prior = self.data.depth_priors[v] if self.data.depth_priors else None
+        if prior is not None and self._depth_active(it):
+            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0)
+        if (pseudo := self._pseudo_loss(it, sh)) is not None:
+            terms["pseudo"] = pseudo
+        if (diff := self._diffusion_loss(it, sh)) is not None:
+            terms["diffusion"] = diff
+        r = cfg.regularise
+        if r.enabled:
+            terms["reg"] = r.opacity_weight * losses.opacity_regulariser(self.params["opacities"]) + \
+                r.scale_weight * losses.scale_regulariser(self.params["scales"], r.max_scale * self.data.scene_scale, r.max_ratio)
+        loss = sum(terms.values())
+        self._check_loss(it, loss, terms)
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if self.refine_poses and it >= cfg.pose.start:
+            self.pose_opt.step()
+        self.pose_opt.zero_grad(set_to_none=True)
+        if info is not None:
+            self.densifier.post_backward(self.params, self.optimizers, it, info)
+        record = {k: float(t.detach()) for k, t in terms.items()}
+        record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
+        return record
+
+    def _check_loss(self, it: int, loss: Tensor, terms: dict) -> None:
+        value = float(loss.detach())
+        if math.isfinite(value) and value <= self.cfg.optim.max_loss:
+            return
+        parts = ", ".join(f"{k}={float(t):.4g}" for k, t in terms.items())
+        bad = [k for k, p in self.params.items() if not torch.isfinite(p).all()]
+        raise FitDivergedError(
+            f"loss {'is not finite' if not math.isfinite(value) else 'exploded'} at iteration {it} "
+            f"({parts}; {len(self.params['means'])} Gaussians; non-finite parameters: {bad or 'none'}); "
+            f"the last good checkpoint is kept: lower the learning rates (optim.lr_*) or resume "
+            f"with --resume and a smaller optim.lr_means")
+
+    def _finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params.values())
+
+    def run(self, thumbnails: tuple = (), test_cameras: tuple = (), test_names: tuple = ()) -> TrainResult:
+        total = self.cfg.optim.iterations
+        for ls in self.listeners:
+            ls.on_start(FitStarted(self.run_dir, tuple(self.data.cameras), tuple(self.data.names),
+                                   tuple(test_cameras), tuple(test_names), total, thumbnails))
+        start, paused, stopped = time.perf_counter(), 0.0, False
+        base_seconds = self.seconds
+        while self.iteration < total:
+            paused += self.control.wait_if_paused()
+            if self.control.stop_requested:
+                stopped = True
+                break
+            it = self.iteration + 1
+            record = self.step(it)
+            self.iteration = it
+            self.seconds = base_seconds + time.perf_counter() - start - paused
+            n = len(self.params["means"])
+            if it % self.cfg.log_every == 0 or it == total or it == 1:
+                self.history.append({"iteration": it, "seconds": self.seconds, "num_gaussians": n, **record})
+            event = StepEvent(it, total, record["loss"], record["psnr"], n, record["sh_degree"],
+                              self.seconds, lambda: self.gaussians().detach())
+            for ls in self.listeners:
+                ls.on_step(event)
+            if self.checkpoint_fn and (it % self.cfg.checkpoint_every == 0) and self._finite():
+                self.checkpoint_fn(self.state_dict())
+        return TrainResult(self.gaussians().detach(), [self._detached_camera(v) for v in range(len(self.data.cameras))],
+                           self.history, self.iteration, self.seconds, stopped)
+
+    def _detached_camera(self, v: int) -> Camera:
+        with torch.no_grad():
+            cam = self.train_camera(v)
+        return Camera(cam.K, cam.T_cam_world.detach().clone(), cam.width, cam.height, cam.distortion)
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration, "seconds": self.seconds, "history": list(self.history),
+            "params": {k: p.detach().clone() for k, p in self.params.items()},
+            # deep copies: Adam updates its moments in place after this snapshot
+            "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
+            "pose_deltas": self.pose_deltas.detach().clone(), "pose_opt": copy.deepcopy(self.pose_opt.state_dict()),
+            "densify": self.densifier.state_dict(), "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.seconds = int(state["iteration"]), float(state["seconds"])
+        self.history = list(state["history"])
+        self.params = {k: torch.nn.Parameter(state["params"][k].clone()) for k in _KEYS}
+        self.optimizers = {k: self._adam(k) for k in self.params}
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        with torch.no_grad():
+            self.pose_deltas.copy_(state["pose_deltas"])
+        self.pose_opt.load_state_dict(state["pose_opt"])
+        self.densifier.load_state_dict(state["densify"])
+        self.generator.set_state(state["generator"])

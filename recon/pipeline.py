@@ -1,0 +1,413 @@
+"""One fit, end to end: load scene -> choose split -> recover poses if unposed ->
+initialise -> optimise -> render train/test views -> metrics -> run folder.
+
+The run folder layout is described in docs/ARCHITECTURE.md. This module owns the files;
+the trainer only emits events and hands its state to ``checkpoint_fn``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from recon.errors import ConfigError, ReconError
+from recon.optimise.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recon.optimise.config import FitConfig, from_dict, load_config
+from recon.optimise.events import FitControl, FitFinished, FitListener
+from recon.optimise.trainer import TrainData, Trainer
+from recon.types import Camera, Gaussians, Scene, Split, View
+
+# Metric style (masked variants) of each protocol; None = plain full-image metrics.
+_METRIC_STYLE = {"dtu": "dtu", "spare": "spare"}
+
+
+class _LogListener:
+    """Appends each logged step to log.jsonl (flushed, so a killed run keeps its log)."""
+
+    def __init__(self, path: Path, every: int):
+        self.file = open(path, "a", encoding="utf-8")
+        self.every = every
+
+    def on_start(self, event) -> None:
+        self.file.write(json.dumps({"event": "start", "total_iterations": event.total_iterations}) + "\n")
+
+    def on_step(self, event) -> None:
+        if event.iteration % self.every == 0 or event.iteration == event.total_iterations:
+            self.file.write(json.dumps({"iteration": event.iteration, "loss": event.loss, "psnr": event.psnr,
+                                        "num_gaussians": event.num_gaussians, "seconds": round(event.seconds, 3)}) + "\n")
+            self.file.flush()
+
+    def on_finish(self, event) -> None:
+        self.file.write(json.dumps({"event": "finish", "iteration": event.iteration}) + "\n")
+        self.file.close()
+
+
+def _resolve_config(config: FitConfig | str | Path | None) -> FitConfig:
+    if isinstance(config, FitConfig):
+        return config
+    return load_config(str(config) if config is not None else "default")
+
+
+def _load(scene_spec: str, cfg: FitConfig) -> Scene:
+    from recon.data import load_scene
+
+    options = dict(cfg.data.options)
+    if cfg.data.width:
+        options["width"] = cfg.data.width
+    scene = load_scene(str(scene_spec), format=cfg.data.format, **options)
+    if cfg.data.max_side > 0:
+        from recon.data.common import resize_view
+
+        v0 = scene.views[0]
+        s = cfg.data.max_side / max(v0.width, v0.height)
+        if s < 1:
+            w, h = max(1, round(v0.width * s)), max(1, round(v0.height * s))
+            scene = replace(scene, views=tuple(resize_view(v, w, h) for v in scene.views))
+    return scene
+
+
+def _split(scene: Scene, protocol: str | None, n_views: int) -> Split:
+    from recon.data.splits import select_split
+
+    return select_split(scene, protocol, n_views)  # None: the format's usual protocol
+
+
+def _scene_scale(cameras: list[Camera]) -> float:
+    """Radius of the training cameras around their mean (x1.1, like 3DGS), floored at a
+    tenth of the normalised unit so coincident cameras still give sensible rates."""
+    centres = torch.stack([c.centre for c in cameras])  # [V, 3]
+    radius = float((centres - centres.mean(0)).norm(dim=-1).max()) * 1.1
+    return max(radius, 0.1)
+
+
+def _look_centre(cameras: list[Camera]) -> tuple[Tensor, float]:
+    """Point nearest to every optical axis (least squares) and a radius around it; for
+    near-parallel axes (forward-facing scenes) a point a few baselines ahead."""
+    centres = torch.stack([c.centre for c in cameras]).double()  # [V, 3]
+    dirs = torch.stack([c.T_cam_world[2, :3] for c in cameras]).double()  # [V, 3] forward axes
+    A = torch.zeros(3, 3, dtype=torch.float64)
+    b = torch.zeros(3, dtype=torch.float64)
+    for o, d in zip(centres, dirs):
+        P = torch.eye(3, dtype=torch.float64) - torch.outer(d, d)
+        A += P
+        b += P @ o
+    spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
+    if torch.linalg.cond(A) < 1e3:
+        centre = torch.linalg.solve(A, b)
+    else:
+        centre = centres.mean(0) + dirs.mean(0) * 4 * spread
+    radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
+    return centre.float(), radius
+
+
+def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
+    """-> (gaussians, depth priors per view as (values, kind) or None, prior points)."""
+    from recon.init.points import gaussians_from_points
+    from recon.init.random import random_gaussians
+
+    method, sh = cfg.init.method, cfg.init.sh_degree
+    centre, radius = _look_centre([v.camera for v in views])
+    need_mvs = method == "stereo" or (cfg.depth.enabled and cfg.depth.model is None)
+    depths, points = [None] * len(views), None
+    if need_mvs and len(views) >= 2:
+        from recon.priors.stereo import multiview_stereo
+
+        res = multiview_stereo(views, max_points=cfg.init.max_points, seed=cfg.seed)
+        depths = [(d, "depth") if bool((d > 0).any()) else None for d in res.depths]
+        points = res.points
+        pts, cols = res.points, res.colors
+    if method == "sift":
+        from recon.priors.sfm import triangulate_sift
+
+        pts, cols = triangulate_sift(views)
+    if method == "random" or (method == "stereo" and points is None):
+        if method != "random":
+            warnings.warn("multi-view stereo needs at least two views; using random init", RuntimeWarning)
+        g = random_gaussians(cfg.init.random_points, centre, radius, sh, generator)
+    else:
+        g = gaussians_from_points(pts, cols, sh, fallback_n=cfg.init.random_points, fallback_centre=centre,
+                                  fallback_radius=radius, generator=generator)
+    return g, depths, points
+
+
+def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
+    """Depth model (if configured) -> (model, per-view priors); diffusion refiner or None."""
+    model = refiner = None
+    priors = None
+    if cfg.depth.enabled and cfg.depth.model:
+        from recon.priors.depth import load_depth_prior
+
+        model = load_depth_prior(cfg.depth.model, cache_dir=run_dir / "cache" / "depth")
+        priors = []
+        for v in views:
+            d = model.predict(v.image)
+            priors.append((d.values.float(), d.kind))
+    if cfg.diffusion.enabled:
+        if not cfg.diffusion.model:
+            raise ConfigError("diffusion.enabled=true needs diffusion.model (a local diffusers folder); "
+                              "pass --diffusion-model PATH or set diffusion.enabled=false")
+        from recon.priors.diffusion import Img2ImgRefiner
+
+        refiner = Img2ImgRefiner(cfg.diffusion.model)
+    return model, priors, refiner
+
+
+def fit_scene(
+    scene_spec: str | Path,
+    *,
+    out_dir: str | Path,
+    config: FitConfig | str | Path | None = None,
+    views: int | None = None,
+    protocol: str | None = None,
+    resume: bool = False,
+    listeners: tuple[FitListener, ...] | list[FitListener] = (),
+    control: FitControl | None = None,
+) -> Path:
+    """Runs one fit and returns the run folder. ``resume=True`` continues the run in
+    ``out_dir`` from its latest checkpoint with the configuration saved there."""
+    run = Path(out_dir)
+    if resume:
+        if not (run / "config.yaml").is_file():
+            raise ReconError(f"cannot resume {run}: no config.yaml there; pass the folder of a run")
+        import yaml
+
+        cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    else:
+        cfg = _resolve_config(config)
+        if views is not None:
+            cfg.data.views = int(views)
+        if protocol is not None:
+            cfg.data.protocol = protocol
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(cfg.to_yaml())
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(str(scene_spec), run, cfg, resume, list(listeners), control)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise ReconError(
+            f"out of memory while fitting {scene_spec} ({type(exc).__name__}); lower the resolution "
+            f"(--set data.max_side=400), cap the Gaussians (--set densify.max_gaussians=50000) or "
+            f"use --config fast") from exc
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
+    from recon import render as render_module
+
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    scene = _load(spec, cfg)
+    split = _split(scene, cfg.data.protocol, cfg.data.views)
+    all_views = list(scene.views)
+    posed = scene.posed
+    if not posed:
+        from recon.priors.sfm import recover_poses
+
+        idx = list(split.train) + list(split.test)
+        recovered = recover_poses([all_views[i] for i in idx])
+        for i, v in zip(idx, recovered):
+            all_views[i] = v
+    train = [all_views[i] for i in split.train]
+    test = [all_views[i] for i in split.test]
+    gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
+    depth_model, learned, refiner = _learned_priors(cfg, train, run)
+    if learned is not None:
+        depth_priors = learned
+    if not cfg.depth.enabled:
+        depth_priors = [None] * len(train)
+    bg = tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+    data = TrainData(
+        cameras=[v.camera for v in train], images=[v.image for v in train], names=[v.name for v in train],
+        masks=[v.mask for v in train], depth_priors=depth_priors, prior_points=prior_points,
+        scene_scale=_scene_scale([v.camera for v in train]), background=bg)
+    refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not posed)
+    render_fn = lambda *a, **k: render_module.render(*a, **k)  # noqa: E731  looked up late (tests swap it)
+    trainer = Trainer(cfg, gaussians, data, render_fn=render_fn, listeners=[_LogListener(run / "log.jsonl", cfg.log_every), *listeners],
+                      control=control, checkpoint_fn=lambda state: save_checkpoint(run, state),
+                      refine_poses=refine_poses, depth_model=depth_model, refiner=refiner, run_dir=str(run))
+    initial = None
+    if resume:
+        ckpt = latest_checkpoint(run)
+        if ckpt is None:
+            warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning)
+        else:
+            state = load_checkpoint(ckpt)
+            trainer.load_state_dict(state)
+            initial = state.get("initial_test")
+    if initial is None and test:
+        initial = _quick_psnr(render_fn, gaussians, test, trainer._settings(0))
+    if not resume:
+        (run / "scene.json").write_text(json.dumps(_scene_record(spec, scene, split, posed), indent=2))
+    trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
+    result = trainer.run(thumbnails=tuple(v.image for v in train), test_cameras=tuple(v.camera for v in test),
+                         test_names=tuple(v.name for v in test))
+    if not result.stopped and trainer._finite():
+        save_checkpoint(run, {**trainer.state_dict(), "initial_test": initial})
+    metrics = _write_outputs(run, cfg, scene, split, train, test, result, render_fn,
+                             trainer._settings(trainer.max_sh), initial, time.perf_counter() - t0)
+    for ls in trainer.listeners:
+        ls.on_finish(FitFinished(result.iteration, str(run), metrics))
+    return run
+
+
+def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) -> dict:
+    """PSNR of the initial Gaussians on the test views: the baseline the fit must beat."""
+    with torch.no_grad():
+        vals = []
+        for v in views:
+            rgb = render_fn(gaussians, [v.camera], settings).rgb[0].clamp(0, 1)
+            mse = float(((rgb - v.image) ** 2).mean())
+            vals.append(-10 * math.log10(max(mse, 1e-12)))
+    return {"psnr": sum(vals) / len(vals)}
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (ru_maxrss is KiB on Linux)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _scene_record(spec: str, scene: Scene, split: Split, posed: bool) -> dict:
+    return {
+        "scene": spec, "format": scene.format, "root": str(scene.root) if scene.root else None,
+        "posed": posed, "protocol": split.protocol, "split_description": split.description,
+        "train": list(split.train), "test": list(split.test),
+        "train_names": [scene.views[i].name for i in split.train],
+        "test_names": [scene.views[i].name for i in split.test],
+        "normalisation": {"centre": list(scene.normalisation.centre), "scale": scene.normalisation.scale},
+        "image_size": [scene.views[0].width, scene.views[0].height],
+    }
+
+
+# ---- outputs -----------------------------------------------------------------------------
+
+
+def _save_png(path: Path, image: Tensor) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, (image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+
+
+def _depth_png(depth: Tensor) -> Tensor:
+    """[H, W] z-depth -> [H, W, 3] turbo colour map of inverse depth (near = warm), robust
+    to outliers (2nd-98th percentile); black where nothing was rendered."""
+    import matplotlib
+
+    valid = depth > 0
+    inv = torch.where(valid, 1.0 / depth.clamp_min(1e-6), 0.0)
+    if bool(valid.any()):
+        lo, hi = torch.quantile(inv[valid], torch.tensor([0.02, 0.98])).tolist()
+        t = ((inv - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
+    else:
+        t = torch.zeros_like(depth)
+    rgb = torch.from_numpy(matplotlib.colormaps["turbo"](t.numpy())[..., :3]).float()
+    return rgb * valid[..., None]
+
+
+def _render_views(run: Path, split_name: str, gaussians: Gaussians, views: list[View], cameras: list[Camera],
+                  render_fn, settings) -> list[Tensor]:
+    out = []
+    with torch.no_grad():
+        for v, cam in zip(views, cameras):
+            r = render_fn(gaussians, [cam], settings)
+            rgb = r.rgb[0].clamp(0, 1)  # [H, W, 3]
+            _save_png(run / "renders" / split_name / f"{v.name}.png", rgb)
+            _save_png(run / "renders" / "depth" / f"{split_name}_{v.name}.png", _depth_png(r.depth[0]))
+            out.append(rgb)
+    return out
+
+
+def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple[dict, list[dict], dict]:
+    from recon.evaluate.metrics import image_metrics, load_lpips, summarise
+
+    scorer, reason = load_lpips("alex")
+    style = _METRIC_STYLE.get(protocol)
+    if style is not None and any(v.mask is None for v in test):
+        style = None  # no masks in this scene: full-image metrics only
+    per_view = []
+    for v, p in zip(test, preds):
+        per_view.append({"name": v.name, **image_metrics(p, v.image, v.mask, style=style, lpips=scorer)})
+    impl = {"psnr": "recon.evaluate.metrics.psnr", "ssim": "recon.evaluate.metrics.ssim (11x11 Gaussian)",
+            "lpips": "alex" if scorer is not None else None, "style": style}
+    summary = summarise(per_view)
+    if scorer is None:
+        summary["lpips_reason"] = reason
+    return summary, per_view, impl
+
+
+def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
+                   result, render_fn, settings, initial: dict | None, total_seconds: float) -> dict:
+    from recon.export.ply import write_ply
+
+    g = result.gaussians
+    write_ply(run / "point_cloud.ply", g)
+    _render_views(run, "train", g, train, result.cameras, render_fn, settings)
+    preds = _render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
+    metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
+                     "iterations": result.iteration, "stopped_early": result.stopped}
+    if test:
+        summary, per_view, impl = _test_metrics(split.protocol, test, preds)
+        metrics.update(test=summary, test_views=per_view, test_initial=initial)
+    else:
+        impl = {}
+        metrics["test"] = None
+        metrics["test_reason"] = "the split has no test views"
+    metrics["protocol"] = {"name": split.protocol, "description": split.description,
+                           "train": [v.name for v in train], "test": [v.name for v in test],
+                           "views": len(train), "resolution": [train[0].width, train[0].height],
+                           "metrics": impl, "posed": scene.posed}
+    metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
+                   peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
+                   train_final=result.history[-1] if result.history else None)
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    (run / "cameras.json").write_text(json.dumps(_cameras_record(train, result.cameras, test), indent=2))
+    _training_curve(run / "training_curve.png", result.history)
+    return metrics
+
+
+def _cameras_record(train: list[View], train_cams: list[Camera], test: list[View]) -> dict:
+    def one(name: str, split_name: str, c: Camera) -> dict:
+        return {"name": name, "split": split_name, "K": c.K.tolist(), "T_cam_world": c.T_cam_world.tolist(),
+                "width": c.width, "height": c.height}
+
+    cams = [one(v.name, "train", c) for v, c in zip(train, train_cams)]
+    cams += [one(v.name, "test", v.camera) for v in test]
+    return {"convention": "OpenCV axes, T_cam_world world-to-camera, K in pixels (pixel centres at +0.5)",
+            "cameras": cams}
+
+
+def _training_curve(path: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    its = [h["iteration"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(its, [h["loss"] for h in history])
+    axes[0].set_yscale("log")
+    axes[0].set_title("loss")
+    axes[1].plot(its, [h["psnr"] for h in history])
+    axes[1].set_title("train PSNR (dB)")
+    axes[2].plot(its, [h["num_gaussians"] for h in history])
+    axes[2].set_title("Gaussians")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

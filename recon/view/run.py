@@ -1,0 +1,147 @@
+"""Browse a finished run folder (``recon fit`` output) or any standard 3DGS PLY."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.errors import ReconError, SceneError
+from recon.types import Camera, Gaussians
+from recon.view.scene import CameraSet, SceneView
+from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
+
+PlyReader = Callable[[Path], Gaussians]
+
+
+@dataclass(frozen=True)
+class RunContents:
+    gaussians: Gaussians
+    cameras: CameraSet
+    ply_path: Path
+    run_dir: Path | None  # None when a bare PLY was given
+
+
+def _default_read_ply(path: Path) -> Gaussians:
+    try:
+        from recon.export.ply import read_ply
+    except ImportError as exc:
+        raise ReconError(
+            f"cannot read {path}: recon.export.ply is not available in this install; "
+            "reinstall recon (pip install -e .)"
+        ) from exc
+    return read_ply(path)
+
+
+def _camera_from_entry(entry: dict, where: str) -> Camera:
+    try:
+        K = torch.tensor(entry["K"], dtype=torch.float32)
+        T = torch.tensor(entry["T_cam_world"], dtype=torch.float32)
+        width, height = int(entry["width"]), int(entry["height"])
+    except KeyError as exc:
+        raise SceneError(f"{where}: camera entry lacks key {exc.args[0]!r}; "
+                         "expected name, split, K, T_cam_world, width, height") from exc
+    except (TypeError, ValueError) as exc:
+        raise SceneError(f"{where}: camera entry has a malformed value ({exc})") from exc
+    if K.shape != (3, 3) or T.shape != (4, 4):
+        raise SceneError(f"{where}: K must be 3x3 and T_cam_world 4x4, got "
+                         f"{tuple(K.shape)} and {tuple(T.shape)}")
+    distortion = entry.get("distortion")
+    return Camera(K=K, T_cam_world=T, width=width, height=height,
+                  distortion=torch.tensor(distortion, dtype=torch.float32) if distortion else None)
+
+
+def read_cameras_json(path: Path) -> CameraSet:
+    """cameras.json -> train and test cameras. Accepts a list of entries carrying a
+    ``split`` key, or an object with ``train``/``test`` lists (or a ``cameras`` list)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise SceneError(f"{path}: not valid JSON ({exc}); re-export the run or delete the file") from exc
+    if isinstance(data, dict) and "cameras" in data:
+        data = data["cameras"]
+    if isinstance(data, dict):
+        entries = [dict(e, split=split) for split in ("train", "test") for e in data.get(split, [])]
+    elif isinstance(data, list):
+        entries = data
+    else:
+        raise SceneError(f"{path}: expected a list of cameras or {{'train': [...], 'test': [...]}}")
+    out: dict[str, list] = {"train": [], "test": []}
+    names: dict[str, list] = {"train": [], "test": []}
+    for i, entry in enumerate(entries):
+        split = str(entry.get("split", "train"))
+        if split not in out:
+            continue  # e.g. "val": not shown
+        out[split].append(_camera_from_entry(entry, f"{path} camera {i}"))
+        names[split].append(str(entry.get("name", f"{split}_{i:03d}")))
+    return CameraSet(train=tuple(out["train"]), train_names=tuple(names["train"]),
+                     test=tuple(out["test"]), test_names=tuple(names["test"]))
+
+
+def _thumbnails(run_dir: Path, names: tuple[str, ...]) -> tuple:
+    """Train renders saved by the fit stand in for input photos as frustum thumbnails."""
+    import imageio.v3 as iio
+
+    thumbs = []
+    for name in names:
+        png = run_dir / "renders" / "train" / f"{name}.png"
+        if not png.is_file():
+            return ()
+        img = iio.imread(png)[..., :3]
+        thumbs.append(torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0)
+    return tuple(thumbs)
+
+
+def load_run(path: str | Path, *, read_ply: PlyReader | None = None) -> RunContents:
+    """A run folder (point_cloud.ply + cameras.json) or a bare .ply file."""
+    path = Path(path)
+    reader = read_ply or _default_read_ply
+    if path.is_file():
+        if path.suffix.lower() != ".ply":
+            raise SceneError(f"{path}: expected a run folder or a .ply file")
+        sibling = path.parent / "cameras.json"
+        cams = read_cameras_json(sibling) if sibling.is_file() else CameraSet()
+        return RunContents(reader(path), cams, path, None)
+    if not path.is_dir():
+        raise SceneError(f"{path}: no such run folder or PLY file")
+    ply = path / "point_cloud.ply"
+    if not ply.is_file():
+        raise SceneError(f"{path}: no point_cloud.ply; is this a finished `recon fit` run folder?")
+    cams_json = path / "cameras.json"
+    cams = read_cameras_json(cams_json) if cams_json.is_file() else CameraSet()
+    thumbs = _thumbnails(path, cams.train_names) if cams.train else ()
+    cams = CameraSet(cams.train, cams.train_names, cams.test, cams.test_names, thumbs)
+    return RunContents(reader(ply), cams, ply, path)
+
+
+class RunViewer:
+    """Serves one finished run. ``RunViewer(...).serve_forever()`` blocks until Ctrl-C."""
+
+    def __init__(self, contents: RunContents, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 *, render_fn=None, announce: bool = True) -> None:
+        self.contents = contents
+        title = f"recon: {(contents.run_dir or contents.ply_path).name}"
+        self.server = ViewerServer(host, port, title=title, announce=announce)
+        self.scene = SceneView(self.server, render_fn=render_fn)
+        with self.server.gui.add_folder("Run", order=0):
+            self.server.gui.add_markdown(
+                f"`{contents.ply_path}`  \n{len(contents.gaussians):,} Gaussians, "
+                f"SH degree {contents.gaussians.sh_degree}, {len(contents.cameras.train)} train / "
+                f"{len(contents.cameras.test)} test cameras")
+        self.scene.set_gaussians(contents.gaussians)
+        if contents.cameras.train or contents.cameras.test:
+            self.scene.set_cameras(contents.cameras)
+
+    def serve_forever(self) -> None:
+        try:
+            self.server.serve_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.scene.close()
+        self.server.stop()

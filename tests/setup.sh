@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Test set-up on a fresh machine: a virtual environment with the package and its test
+# extras (torch pinned to the CPU wheel by constraints.txt), and, where we are root and it
+# is missing, Debian's chromium for the viewer's browser test (that test skips without it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the viewer's browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "chromium could not be installed: the browser test will skip"
+  else
+    echo "chromium not found (needs root to install): the browser test will skip"
+  fi
+fi

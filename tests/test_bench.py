@@ -1,0 +1,179 @@
+"""The bench runner: tables written with mean ± std over seeds, the baseline in the same
+table, per-cell cost, and resume (finished cells are not fitted again).
+
+Most tests use a stand-in fit (the pipeline is another area's and slow): it "renders" a
+generated scene's test views as ground truth degraded by method- and seed-dependent noise
+and writes a run folder the way `recon fit` does, with metrics from recon.evaluate.metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from recon.evaluate.bench import PeakMemory, run_bench
+from recon.evaluate.metrics import image_metrics, summarise
+from recon.evaluate.protocols import Suite, get_suite
+from recon.evaluate.report import aggregate, mean_std
+
+NOISE = {"recon": 0.02, "baseline-3dgs": 0.08}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from recon.data.synthetic import make_synthetic_scene
+
+    root = tmp_path_factory.mktemp("data")
+    for k, name in enumerate(("scene_a", "scene_b")):
+        scene = make_synthetic_scene(seed=k, n_views=4, width=40, height=30, n_objects=2)
+        (root / name).mkdir()
+        torch.save([v.image for v in scene.views], root / name / "images.pt")
+    return root
+
+
+class StandInFit:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, scene_dir, *, out_dir, config, views, protocol):
+        self.calls.append((Path(scene_dir).name, Path(out_dir).parent.name, config.seed))
+        method = Path(out_dir).parent.name
+        images = torch.load(Path(scene_dir) / "images.pt")
+        g = torch.Generator().manual_seed(1000 * config.seed + len(self.calls))
+        per_view = []
+        for i, gt in enumerate(images[views:]):
+            pred = (gt + NOISE[method] * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+            per_view.append({"name": f"v{i}", **image_metrics(pred, gt)})
+        run = Path(out_dir)
+        (run / "metrics.json").write_text(json.dumps({"test": summarise(per_view), "fit_seconds": 0.1,
+                                                      "iterations": config.optim.iterations}))
+        (run / "log.jsonl").write_text("".join(json.dumps({"iteration": it, "psnr": 10 + it / 10, "loss": 1.0}) + "\n"
+                                               for it in (10, 20, 30)))
+        return run
+
+
+def _suite() -> Suite:
+    return Suite(name="tiny", scenes=("scene_a", "scene_b", "scene_missing"), protocol="farthest", n_views=2,
+                 train_views="2 farthest", test_views="the rest", resolution="40x30", masks="none", metric_style=None)
+
+
+def test_tables_written_with_baseline_and_seed_statistics(data_root, tmp_path):
+    fit = StandInFit()
+    out = tmp_path / "bench"
+    result = run_bench(_suite(), data_root, out, seeds=2, iterations=7, fit_fn=fit, progress=False)
+    assert len(fit.calls) == 2 * 2 * 2  # 2 scenes (the missing one skipped) x 2 methods x 2 seeds
+    cells = result["cells"]
+    assert all(c["status"] == "done" and c["wall_seconds"] >= 0 and c["peak_rss_bytes"] > 0 for c in cells)
+    data = json.loads((out / "results.json").read_text())
+    assert data["protocol"]["iterations"] == 7 and data["protocol"]["seeds"] == [0, 1]
+    assert "11x11" in data["metric_implementations"]["ssim"]
+    rows = {(r["scene"], r["method"]): r for r in data["rows"]}
+    assert set(rows) == {(s, m) for s in ("scene_a", "scene_b", "mean") for m in ("recon", "baseline-3dgs")}
+    # mean ± std over seeds equals the per-cell values' statistics
+    psnrs = [c["metrics"]["psnr"] for c in cells if c["scene"] == "scene_a" and c["method"] == "recon"]
+    assert rows[("scene_a", "recon")]["psnr"]["mean"] == pytest.approx(sum(psnrs) / 2)
+    assert rows[("scene_a", "recon")]["psnr"]["std"] == pytest.approx(abs(psnrs[0] - psnrs[1]) / math.sqrt(2))
+    # the less noisy stand-in beats the baseline on every scene
+    for s in ("scene_a", "scene_b", "mean"):
+        assert rows[(s, "recon")]["psnr"]["mean"] > rows[(s, "baseline-3dgs")]["psnr"]["mean"]
+    assert rows[("scene_a", "recon")]["lpips"]["mean"] is None  # no weights: null, not a number
+    md = (out / "results.md").read_text()
+    assert "baseline-3dgs" in md and "± " in md and "40x30" in md and "n/a" in md
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    with open(out / "cells.csv") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    assert (out / "plots" / "psnr_by_scene.png").stat().st_size > 0
+    assert (out / "plots" / "training_curves.png").stat().st_size > 0
+
+
+def test_resume_skips_finished_cells(data_root, tmp_path):
+    out = tmp_path / "bench"
+    first = StandInFit()
+    run_bench(_suite(), data_root, out, seeds=1, fit_fn=first, progress=False)
+    assert len(first.calls) == 4
+    # simulate an interrupted bench: one cell lost its completion record
+    (out / "runs" / "scene_b" / "baseline-3dgs" / "seed0" / "cell.json").unlink()
+    second = StandInFit()
+    result = run_bench(_suite(), data_root, out, seeds=2, fit_fn=second, progress=False)
+    assert sorted(second.calls) == sorted([("scene_b", "baseline-3dgs", 0), ("scene_a", "recon", 1),
+                                           ("scene_a", "baseline-3dgs", 1), ("scene_b", "recon", 1),
+                                           ("scene_b", "baseline-3dgs", 1)])
+    assert sum(bool(c.get("resumed")) for c in result["cells"]) == 3
+
+
+def test_failed_cell_is_reported_not_fatal(data_root, tmp_path):
+    from recon.errors import SceneError
+
+    def failing(scene_dir, **kw):
+        if Path(scene_dir).name == "scene_b":
+            raise SceneError("scene_b: broken on purpose")
+        return StandInFit()(scene_dir, **kw)
+
+    result = run_bench(_suite(), data_root, tmp_path / "b", seeds=1, methods=["recon"], fit_fn=failing, progress=False)
+    status = {c["scene"]: c["status"] for c in result["cells"]}
+    assert status == {"scene_a": "done", "scene_b": "failed"}
+    md = Path(result["paths"]["markdown"]).read_text()
+    assert "broken on purpose" in md
+    assert not (tmp_path / "b" / "runs" / "scene_b" / "recon" / "seed0" / "cell.json").exists()
+
+
+def test_mean_std_and_aggregate_edge_cases():
+    assert mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
+    assert mean_std([1.0, None])["mean"] is None
+    assert mean_std([math.inf, 20.0])["mean"] == math.inf
+    rows = aggregate([{"scene": "s", "method": "m", "seed": 0, "status": "failed", "error": "x"}])
+    assert rows[0]["failed_seeds"] == [0] and rows[0]["seeds"] == []
+
+
+def test_suites_and_baseline_are_described():
+    for name in ("llff3", "dtu3", "blender8", "spare3", "spare9"):
+        d = get_suite(name).describe()
+        assert d["resolution"] and d["test_views"] and d["train_views"]
+    assert get_suite("dtu3").metric_style == "dtu" and get_suite("spare9").n_views == 9
+    from recon.evaluate.protocols import METHODS
+
+    assert "init.method=random" in METHODS["baseline-3dgs"] and "depth.enabled=false" in METHODS["baseline-3dgs"]
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory(interval=0.01) as mem:
+        block = torch.ones(64, 2**20, dtype=torch.uint8)  # 64 MiB
+        block += 1
+        import time
+
+        time.sleep(0.05)
+    assert mem.peak_rss >= 64 * 2**20
+
+
+def test_cli_parses_both_bench_forms():
+    from recon.cli import build_parser, main
+
+    parser = build_parser()
+    a = parser.parse_args(["bench", "--suite", "llff3", "--seeds", "2", "--out", "o", "--iterations", "50"])
+    assert (a.kind, a.suite, a.seeds, a.iterations) == ("fits", "llff3", 2, 50)
+    b = parser.parse_args(["bench", "raster", "--out", "r.json"])
+    assert (b.kind, b.out) == ("raster", "r.json")
+    assert main(["bench", "--out", "o"]) == 2  # fits without --suite: a one-line error, exit 2
+
+
+@pytest.mark.slow
+def test_real_pipeline_bench_on_a_generated_spare_scene(tmp_path):
+    """The spare3 suite through the real fit, on a generated SpaRe-layout scene."""
+    from recon.data.synthetic import make_synthetic_scene
+    from recon.evaluate.spare import write_layout
+
+    scene = make_synthetic_scene(seed=1, n_views=13, width=48, height=36, n_objects=2)
+    write_layout(tmp_path / "data", {"synth": (scene, "SpaRe")},
+                 {1: {"synth": {"input_views": [0, 4, 8], "test_views": [1, 2, 3, 5, 6, 7, 9, 10, 11, 12]}}})
+    result = run_bench("spare3", tmp_path / "data", tmp_path / "out", seeds=1, iterations=10, progress=False,
+                       overrides=["densify.enabled=false", "init.random_points=2000", "depth.enabled=false",
+                                  "pseudo.enabled=false"])
+    assert [c["status"] for c in result["cells"]] == ["done", "done"]
+    assert all("psnr_masked" in c["metrics"] for c in result["cells"])  # masks from mask/, SpaRe style
+    assert "PSNR-M" in Path(result["paths"]["markdown"]).read_text()

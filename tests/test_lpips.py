@@ -1,0 +1,96 @@
+"""LPIPS from local weights: file layout compatibility and metric properties, with
+randomly initialised weights saved to a temporary folder (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recon.evaluate import lpips as L
+from recon.evaluate.metrics import image_metrics
+
+
+def _write_weights(folder, net: str, torchvision_layout: bool = True):
+    """Save a random backbone in torchvision's checkpoint layout and random positive
+    linear layers in the lpips package's layout."""
+    torch.manual_seed(1)
+    feats = L.alexnet_features() if net == "alex" else L.vgg16_features()
+    sd = {f"features.{k}": v for k, v in feats.state_dict().items()}
+    sd["classifier.1.weight"] = torch.randn(4, 4)  # torchvision files also carry the classifier
+    name = "alexnet-owt-7be5be79.pth" if net == "alex" else "vgg16-397923af.pth"
+    torch.save(sd, folder / name)
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(L._CHANNELS[net])}
+    torch.save(lins, folder / ("alex.pth" if net == "alex" else "vgg.pth"))
+    return sd, lins
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    # No user weights may leak in from the environment or the real torch hub cache.
+    monkeypatch.delenv("RECON_LPIPS_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def test_missing_weights_give_none_with_reason(tmp_path):
+    scorer, reason = L.find_lpips("alex", tmp_path)
+    assert scorer is None
+    assert "alexnet-owt-7be5be79.pth" in reason and "alex.pth" in reason and str(tmp_path) in reason
+
+
+def test_weights_load_key_for_key(tmp_path):
+    sd, lins = _write_weights(tmp_path, "alex")
+    scorer, reason = L.find_lpips("alex", tmp_path)
+    assert scorer is not None, reason
+    assert torch.equal(scorer.features[3].weight, sd["features.3.weight"])
+    assert torch.equal(scorer.lins[4].model[1].weight, lins["lin4.model.1.weight"])
+
+
+def test_env_variable_and_hub_cache_are_searched(tmp_path, monkeypatch):
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    _write_weights(env_dir, "alex")
+    monkeypatch.setenv("RECON_LPIPS_WEIGHTS", str(env_dir))
+    assert L.find_lpips("alex")[0] is not None
+    monkeypatch.delenv("RECON_LPIPS_WEIGHTS")
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    assert L.find_lpips("alex")[0] is None
+    _write_weights(hub, "alex")
+    assert L.find_lpips("alex")[0] is not None
+
+
+def test_wrong_file_reports_reason(tmp_path):
+    _write_weights(tmp_path, "alex")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "alexnet-owt-7be5be79.pth")
+    scorer, reason = L.find_lpips("alex", tmp_path)
+    assert scorer is None and "torchvision" in reason
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_metric_properties(tmp_path, net):
+    _write_weights(tmp_path, net)
+    scorer, reason = L.find_lpips(net, tmp_path)
+    assert scorer is not None, reason
+    torch.manual_seed(0)
+    gt = torch.rand(64, 72, 3)
+    a = (gt + 0.05 * torch.randn_like(gt)).clamp(0, 1)
+    b = (gt + 0.3 * torch.randn_like(gt)).clamp(0, 1)
+    assert scorer(gt, gt) == pytest.approx(0.0, abs=1e-7)
+    d_a, d_b = scorer(a, gt), scorer(b, gt)
+    assert d_a > 0
+    assert scorer(gt, a) == pytest.approx(d_a, rel=1e-5)  # symmetric
+    assert d_b > d_a  # noisier image, larger distance
+    # small crops (SpaRe bounding boxes) are padded, not rejected
+    assert scorer(b[:20, :30], gt[:20, :30]) > 0
+
+
+def test_image_metrics_uses_scorer(tmp_path):
+    _write_weights(tmp_path, "alex")
+    scorer, _ = L.find_lpips("alex", tmp_path)
+    gt = torch.rand(64, 64, 3)
+    pred = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[8:40, 16:50] = True
+    out = image_metrics(pred, gt, mask, style="spare", lpips=scorer)
+    assert out["lpips"] == pytest.approx(scorer(pred, gt))
+    assert out["lpips_masked"] == pytest.approx(scorer(pred[8:40, 16:50], gt[8:40, 16:50]))
