@@ -1,6 +1,7 @@
-"""Ships the rasteriser's C++/CUDA sources inside the package (as recon/_cuda) so that an
-installed, non-editable recon can build its extension on first use. Editable installs
-read them straight from the repository's cuda/ folder."""
+"""Ships the rasteriser's C++/CUDA sources (as recon/_cuda) and the config presets (as
+recon/configs) inside the package, so that an installed, non-editable recon can build its
+extension on first use and find its presets. Editable installs read the repository's
+cuda/ and configs/ folders directly."""
 
 import shutil
 from pathlib import Path
@@ -12,11 +13,12 @@ from setuptools.command.build_py import build_py
 class BuildPyWithSources(build_py):
     def run(self) -> None:
         super().run()
-        source = Path(__file__).parent / "cuda"
-        target = Path(self.build_lib) / "recon" / "_cuda"
-        if source.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(source, target)
+        root = Path(__file__).parent
+        for folder, packaged in (("cuda", "_cuda"), ("configs", "configs")):
+            target = Path(self.build_lib) / "recon" / packaged
+            if (root / folder).is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(root / folder, target)
 
 
 setup(cmdclass={"build_py": BuildPyWithSources})

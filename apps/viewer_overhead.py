@@ -103,6 +103,37 @@ def _thread_cpu(viewer) -> dict[str, float]:
     return out
 
 
+def push_bench(sizes: list[int], repeats: int = 3) -> None:
+    """Cost of one push (clone + splat conversion + handing to viser) by scene size."""
+    import torch
+
+    from recon.types import Gaussians
+    from recon.view.live import _clone
+    from recon.view.scene import SceneView
+    from recon.view.server import ViewerServer
+
+    server = ViewerServer(port=0, announce=False)
+    scene = SceneView(server)
+    try:
+        for n in sizes:
+            g = Gaussians(torch.randn(n, 3), torch.randn(n, 3) - 3, torch.randn(n, 4), torch.randn(n),
+                          torch.randn(n, 16, 3))  # [N, ...] SH degree 3
+            costs, walls = [], []
+            for _ in range(repeats):
+                # CPU time of this thread: wall time on a shared, loaded machine mostly
+                # measures the other processes.
+                start, wall = time.thread_time(), time.perf_counter()
+                scene.set_gaussians(_clone(g, dc_only=True))
+                costs.append(time.thread_time() - start)
+                walls.append(time.perf_counter() - wall)
+            cost = min(costs)
+            print(f"push of {n:>9,} Gaussians: {1000 * cost:7.1f} ms CPU ({1000 * min(walls):.0f} ms wall) -> "
+                  f"{100 * cost / 2.0:.1f}% of a 2 s interval")
+    finally:
+        scene.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", default="builtin:synthetic")
@@ -111,7 +142,13 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--update-every", type=float, default=2.0)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
+    parser.add_argument("--conditions", default="none,viewer,client",
+                        help="comma-separated subset of none,viewer,client to interleave")
+    parser.add_argument("--push-bench", default="", help="only time pushes of these sizes, e.g. 100000,1000000")
     args = parser.parse_args()
+    if args.push_bench:
+        push_bench([int(n) for n in args.push_bench.split(",")])
+        return
 
     from recon.optimise.config import load_config
     from recon.optimise.events import FitControl
@@ -125,7 +162,8 @@ def main() -> None:
     client = BackgroundClient(watched.server.port)
     if not watched.server.wait_for_clients(1, timeout=30):
         raise RuntimeError("the websocket client did not connect")
-    switch = Interleave({"none": None, "viewer": idle, "client": watched}, args.block)
+    available = {"none": None, "viewer": idle, "client": watched}
+    switch = Interleave({c: available[c] for c in args.conditions.split(",")}, args.block)
     try:
         with tempfile.TemporaryDirectory() as out:
             fit_scene(args.scene, out_dir=out, config=cfg, listeners=[switch], control=control)
@@ -139,16 +177,19 @@ def main() -> None:
         kept = sorted(values)[: max(1, int(len(values) * 0.95))]
         return statistics.mean(kept)
 
-    base_trim, base_median = trimmed(switch.dt["none"]), statistics.median(switch.dt["none"])
     print(f"interleaved blocks of {args.block} iterations, {loop_seconds:.1f} s of training loop:")
+    base = switch.dt.get("none")
     for name, dts in switch.dt.items():
         tm, med = trimmed(dts), statistics.median(dts)
-        print(f"{name:>6}: {len(dts)} iterations, trimmed mean {1000 * tm:.1f} ms/it "
-              f"({100 * (tm / base_trim - 1):+.1f}%), median {1000 * med:.1f} ms/it "
-              f"({100 * (med / base_median - 1):+.1f}%)")
+        vs = (f" ({100 * (tm / trimmed(base) - 1):+.1f}% / {100 * (med / statistics.median(base) - 1):+.1f}% "
+              "vs none)" if base else "")
+        print(f"{name:>6}: {len(dts)} iterations, trimmed mean {1000 * tm:.1f} ms/it, "
+              f"median {1000 * med:.1f} ms/it{vs}")
     print("direct cost, as a share of the time each viewer was attached "
           "(on_step on the trainer's thread + CPU of the viewer's threads):")
     for name in ("viewer", "client"):
+        if name not in switch.dt:
+            continue
         attached = sum(switch.dt[name])
         on_step = switch.on_step_seconds.get(name, 0.0)
         cpu = switch.thread_cpu.get(name, {})

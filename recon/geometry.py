@@ -91,7 +91,7 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
     ``up`` is the world direction that should appear up in the image."""
     z = target - eye
     z = z / z.norm()
-    x = torch.linalg.cross(z, -up)
+    x = torch.linalg.cross(z, up)  # right = forward x up (OpenCV: y down = -up)
     x = x / x.norm()
     y = torch.linalg.cross(z, x)
     R_world_cam = torch.stack([x, y, z], dim=1)  # columns are camera axes in world

@@ -88,54 +88,35 @@ def _scene_scale(cameras: list[Camera]) -> float:
     return max(radius, 0.1)
 
 
-def _look_centre(cameras: list[Camera]) -> tuple[Tensor, float]:
-    """Point nearest to every optical axis (least squares) and a radius around it; for
-    near-parallel axes (forward-facing scenes) a point a few baselines ahead."""
-    centres = torch.stack([c.centre for c in cameras]).double()  # [V, 3]
-    dirs = torch.stack([c.T_cam_world[2, :3] for c in cameras]).double()  # [V, 3] forward axes
-    A = torch.zeros(3, 3, dtype=torch.float64)
-    b = torch.zeros(3, dtype=torch.float64)
-    for o, d in zip(centres, dirs):
-        P = torch.eye(3, dtype=torch.float64) - torch.outer(d, d)
-        A += P
-        b += P @ o
-    spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
-    if torch.linalg.cond(A) < 1e3:
-        centre = torch.linalg.solve(A, b)
-    else:
-        centre = centres.mean(0) + dirs.mean(0) * 4 * spread
-    radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
-    return centre.float(), radius
-
-
 def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
-    """-> (gaussians, depth priors per view as (values, kind) or None, prior points)."""
-    from recon.init.points import gaussians_from_points
-    from recon.init.random import random_gaussians
+    """-> (gaussians, depth priors per view as (values, kind) or None, prior points [M, 3])."""
+    from recon.init import initialise
 
-    method, sh = cfg.init.method, cfg.init.sh_degree
-    centre, radius = _look_centre([v.camera for v in views])
-    need_mvs = method == "stereo" or (cfg.depth.enabled and cfg.depth.model is None)
-    depths, points = [None] * len(views), None
-    if need_mvs and len(views) >= 2:
-        from recon.priors.stereo import multiview_stereo
-
-        res = multiview_stereo(views, max_points=cfg.init.max_points, seed=cfg.seed)
+    # MVS also runs under another init method when its depth is the depth prior.
+    mvs_depth = cfg.depth.enabled and cfg.depth.model is None
+    res = initialise(views, cfg.init.method, sh_degree=cfg.init.sh_degree, random_points=cfg.init.random_points,
+                     with_depths=mvs_depth, generator=generator, max_points=cfg.init.max_points, seed=cfg.seed)
+    # (a fallback to random init has already been warned about by recon.init)
+    depths = [None] * len(views)
+    if res.depths is not None:
         depths = [(d, "depth") if bool((d > 0).any()) else None for d in res.depths]
-        points = res.points
-        pts, cols = res.points, res.colors
-    if method == "sift":
-        from recon.priors.sfm import triangulate_sift
+    points = res.points
+    if points is None and res.depths is not None:  # random/SIFT init: MVS depths still give points
+        points = _unproject(views, res.depths)
+    return res.gaussians, depths, points
 
-        pts, cols = triangulate_sift(views)
-    if method == "random" or (method == "stereo" and points is None):
-        if method != "random":
-            warnings.warn("multi-view stereo needs at least two views; using random init", RuntimeWarning)
-        g = random_gaussians(cfg.init.random_points, centre, radius, sh, generator)
-    else:
-        g = gaussians_from_points(pts, cols, sh, fallback_n=cfg.init.random_points, fallback_centre=centre,
-                                  fallback_radius=radius, generator=generator)
-    return g, depths, points
+
+def _unproject(views: list[View], depths: list[Tensor]) -> Tensor:
+    """Valid MVS depth pixels -> world points [M, 3] (reprojected into pseudo views)."""
+    out = []
+    for v, d in zip(views, depths):
+        ys, xs = torch.nonzero(d > 0, as_tuple=True)
+        z = d[ys, xs]
+        K = v.camera.K
+        rays = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(z)], -1)
+        T = v.camera.T_world_cam
+        out.append((rays * z[:, None]) @ T[:3, :3].T + T[:3, 3])
+    return torch.cat(out) if out else torch.zeros(0, 3)
 
 
 def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
@@ -150,13 +131,16 @@ def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
         for v in views:
             d = model.predict(v.image)
             priors.append((d.values.float(), d.kind))
+    if cfg.stereo_model:
+        raise ConfigError("stereo_model (--stereo-model) is not wired into recon fit yet; drop the flag to use "
+                          "the weight-free multi-view stereo prior")
     if cfg.diffusion.enabled:
         if not cfg.diffusion.model:
             raise ConfigError("diffusion.enabled=true needs diffusion.model (a local diffusers folder); "
                               "pass --diffusion-model PATH or set diffusion.enabled=false")
         from recon.priors.diffusion import Img2ImgRefiner
 
-        refiner = Img2ImgRefiner(cfg.diffusion.model)
+        refiner = Img2ImgRefiner(cfg.diffusion.model, seed=cfg.seed)
     return model, priors, refiner
 
 

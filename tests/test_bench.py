@@ -177,3 +177,4 @@ def test_real_pipeline_bench_on_a_generated_spare_scene(tmp_path):
     assert [c["status"] for c in result["cells"]] == ["done", "done"]
     assert all("psnr_masked" in c["metrics"] for c in result["cells"])  # masks from mask/, SpaRe style
     assert "PSNR-M" in Path(result["paths"]["markdown"]).read_text()
+    assert result["submission_problems"] == [] and Path(result["submission"]).is_file()

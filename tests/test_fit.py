@@ -191,6 +191,22 @@ def test_pose_refinement_moves_only_refined_views(scene):
     assert trainer.pose_deltas.grad is None or torch.isfinite(trainer.pose_deltas.grad).all()
 
 
+def test_resolution_schedule_renders_coarse_then_full(scene):
+    from recon.render import render
+
+    sizes = []
+
+    def recording(gaussians, cameras, settings):
+        sizes.append((cameras[0].width, cameras[0].height))
+        return render(gaussians, cameras, settings)
+
+    cfg = _config("optim.resolution_schedule=[[0, 2], [7, 1]]", "pseudo.enabled=false", "optim.iterations=8")
+    _run(scene, cfg, render_fn=recording)
+    assert sizes == [(16, 12)] * 6 + [(32, 24)] * 2
+    with pytest.raises(ConfigError, match="resolution_schedule"):
+        _config("optim.resolution_schedule=[[0, 0.5]]")
+
+
 # ---- end to end ----------------------------------------------------------------------------
 
 

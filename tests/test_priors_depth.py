@@ -3,6 +3,7 @@ offline, written with save_pretrained and read back through load_depth_prior."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,38 @@ def test_bad_image_shape_is_a_recon_error(tiny_da):
     prior = load_depth_prior(tiny_da)
     with pytest.raises(ReconError, match=r"image 0 must have shape \[H, W, 3\]"):
         prior.predict(torch.rand(3, 20, 20))
+
+
+def test_depth_prior_drives_the_relative_depth_loss_in_a_fit(tiny_da, tmp_path, monkeypatch):
+    """Wire-in: `depth.model=<folder>` makes the fit predict each training view's depth
+    with the model and hand exactly those maps (kind "disparity") to the Pearson loss."""
+    from recon import pipeline
+    from recon.optimise import losses
+    from recon.optimise.config import load_config
+
+    seen = []
+    original = losses.pearson_depth_loss
+
+    def spy(rendered, prior, kind="depth", valid=None):
+        seen.append((prior.detach().clone(), kind))
+        return original(rendered, prior, kind, valid)
+
+    monkeypatch.setattr(losses, "pearson_depth_loss", spy)
+    before = torch.get_num_threads()
+    cfg = load_config("fast", [
+        "data.width=40", "data.options.n_views=6", "optim.iterations=6", "densify.enabled=false",
+        "pseudo.enabled=false", "depth.ranking_pairs=128", "checkpoint_every=100", "log_every=2",
+        f"depth.model={tiny_da}", "threads=1"])
+    try:
+        run = pipeline.fit_scene("builtin:synthetic", out_dir=tmp_path / "run", config=cfg, views=3)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(kind == "disparity" for _, kind in seen)
+    # The priors the loss saw are the model's predictions for the training images ...
+    scene = pipeline._load("builtin:synthetic", cfg)
+    train = json.loads((run / "scene.json").read_text())["train"]
+    expected = load_depth_prior(tiny_da).predict_batch([scene.views[i].image for i in train])
+    for prior, _ in seen:
+        assert any(torch.allclose(prior, e.values, atol=1e-5) for e in expected)
+    # ... and were cached in the run folder, one file per training view.
+    assert len(list((run / "cache" / "depth").rglob("*.npz"))) == len(train)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recon.errors import ReconError
+from recon.errors import ConfigError, ReconError
 from recon.geometry import make_pose
 from recon.priors.sfm import triangulate_sift
-from recon.priors.stereo import StereoSettings, multiview_stereo
+from recon.priors.stereo import multiview_stereo
 from recon.types import Camera, View
 
 from conftest import shared_scene
@@ -100,6 +100,10 @@ def test_bad_input_is_reported():
         multiview_stereo(views[:1])
     with pytest.raises(ReconError, match="near < far"):
         multiview_stereo(views, depth_range=(5.0, 1.0))
+    with pytest.raises(ConfigError, match="unknown stereo setting.*num_depht"):
+        multiview_stereo(views, num_depht=32)
+    with pytest.raises(ConfigError, match="window must be odd"):
+        multiview_stereo(views, window=4)
 
 
 @pytest.fixture(scope="module")

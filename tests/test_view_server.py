@@ -195,6 +195,15 @@ def test_two_clients_and_a_server_render_at_the_client_camera():
                                   timeout=60)
                 # Switching to server renders removes the client-side splats for everyone.
                 await two.receive(lambda c: c.of_type("RemoveSceneNodeMessage"))
+                # "Snap to input view" moves only the client that clicked.
+                await two.send("GuiUpdateMessage", uuid=two.gui_uuid("Input view"), updates={"value": "train: c"})
+                await two.send("GuiUpdateMessage", uuid=two.gui_uuid("Snap to input view"), updates={"value": True})
+                await two.receive(lambda c: any(np.allclose(m["position"], cams[2].centre.numpy(), atol=1e-5)
+                                                for m in c.of_type("SetCameraPositionMessage")))
+                # Hiding the cameras hides their parent frame.
+                await two.send("GuiUpdateMessage", uuid=two.gui_uuid("Show cameras"), updates={"value": False})
+                await two.receive(lambda c: any(m["name"] == "/cameras" and not m["visible"]
+                                                for m in c.of_type("SetSceneNodeVisibilityMessage")))
                 return one
 
         one = asyncio.run(talk())
@@ -275,8 +284,16 @@ def test_live_viewer_throttles_pauses_and_stops():
         # the pause adds one more.
         assert steps > 50 and 2 <= source.calls <= 9, (steps, source.calls)
         assert viewer.pushes >= 1
-        viewer.on_finish(FitFinished(iteration=steps, run_dir="/tmp/run", metrics={"psnr": 21.5}))
-        assert "21.5" in viewer.state.content
+        pushes, calls = viewer.pushes, source.calls
+        viewer.on_finish(FitFinished(iteration=steps, run_dir="/tmp/run",
+                                     metrics={"test": {"psnr": 21.5, "ssim": 0.75}, "num_gaussians": 300}))
+        assert "test psnr 21.5" in viewer.state.content and "num_gaussians 300" in viewer.state.content
+        # Stopped before the last iteration: the final state is still sent, in full.
+        assert source.calls == calls + 1
+        deadline = time.monotonic() + 10
+        while viewer.pushes == pushes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert viewer.pushes == pushes + 1 and viewer.scene.gaussians.sh.shape[1] == 4
     finally:
         viewer.close()
 

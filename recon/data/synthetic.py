@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from recon.errors import SceneError
-from recon.geometry import invert_pose, make_pose
+from recon.geometry import look_at
 from recon.types import Scene, View
 
 from .common import finish_scene, make_camera
@@ -162,19 +162,8 @@ def _camera_ring(rng: np.random.Generator, n_views: int, radius: float, arc_deg:
         r = radius * rng.uniform(0.92, 1.08)
         eye = torch.tensor([r * math.cos(el) * math.cos(az), r * math.cos(el) * math.sin(az), r * math.sin(el)], dtype=torch.float64)
         target = torch.tensor([rng.normal(0, 0.1), rng.normal(0, 0.1), 0.3], dtype=torch.float64)
-        poses.append(_look_at(eye, target, up).numpy())
+        poses.append(look_at(eye, target, up).numpy())
     return poses
-
-
-def _look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """T_cam_world [4, 4], OpenCV axes, with world ``up`` pointing up in the image.
-    (Written here rather than using geometry.look_at, whose x = z x (-up) turns the image
-    upside down; reported to the lead.)"""
-    z = (target - eye) / (target - eye).norm()  # forward
-    x = torch.linalg.cross(z, up)  # right
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)  # down
-    return invert_pose(make_pose(torch.stack([x, y, z], dim=1), eye))
 
 
 # ---------------------------------------------------------------- shading

@@ -177,8 +177,30 @@ def run_bench(
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "test_pose_refined": False,
                 "methods": {m: list(METHODS[m]) or ["(preset as given)"] for m in methods}}
-    paths = write_reports(out, cells, protocol)
-    return {"cells": cells, "paths": {k: str(v) for k, v in paths.items()}, "protocol": protocol}
+    extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover else {}
+    paths = write_reports(out, cells, protocol, extra)
+    return {"cells": cells, "paths": {k: str(v) for k, v in paths.items()}, "protocol": protocol, **extra}
+
+
+def _spare_submission(spec: Suite, root: Path, out: Path, cells: list[dict], lpips_weights: str | None) -> dict:
+    """SpaRe suites also write the challenge zip from the first seed of the main method,
+    with the test views rendered at the scenes' full resolution."""
+    from recon.evaluate import spare
+
+    entries = spare.read_split(spare.find_split(root, spec.extra["track"]))
+    chosen = {}
+    for c in cells:
+        if c["method"] == "recon" and c["status"] == "done" and c["scene"] not in chosen:
+            chosen[c["scene"]] = c
+    if not chosen:
+        return {"submission": None, "submission_reason": "no finished recon cell"}
+    folder = out / "submission"
+    scenes = [spare.spare_scene(root / name, entries[name], Path(c["run_dir"]), folder, size=None,
+                                lpips_weights=lpips_weights) for name, c in chosen.items()]
+    zip_path = spare.write_submission(folder, out / f"submission_track{spec.extra['track']}.zip")
+    problems = spare.check_submission(zip_path, {n: entries[n] for n in chosen})
+    return {"submission": str(zip_path), "submission_problems": problems,
+            "submission_scenes": [{k: v for k, v in r.items() if k != "views"} for r in scenes]}
 
 
 @contextmanager

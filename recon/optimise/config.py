@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class InitConfig:
-    method: str = "stereo"  # "stereo" | "sift" | "random" (see recon.init)
+    method: str = "mvs"  # "mvs" (multi-view stereo; alias "stereo") | "sift" | "random" (see recon.init)
     sh_degree: int = 3
     max_points: int = 100_000
     random_points: int = 20_000
@@ -54,6 +54,8 @@ class OptimConfig:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 1.25e-4
     sh_degree_interval: int = 1000  # raise the active SH degree every this many steps
+    # [[start_iteration, downscale], ...]: train on downscaled images first (coarse-to-fine)
+    resolution_schedule: list = field(default_factory=lambda: [[0, 1]])
     max_loss: float = 10.0  # a loss above this (or NaN) stops the fit with diagnostics
     random_background: bool = False
 
@@ -263,11 +265,14 @@ def validate(config: FitConfig) -> None:
         raise ConfigError(f"optim.iterations must be >= 1, got {config.optim.iterations}")
     if config.data.views < 1:
         raise ConfigError(f"data.views must be >= 1, got {config.data.views}")
-    if config.init.method not in ("stereo", "sift", "random", "learned"):
-        raise ConfigError(f"init.method must be stereo, sift, random or learned, got {config.init.method!r}")
+    if config.init.method not in ("mvs", "stereo", "sift", "random"):
+        raise ConfigError(f"init.method must be mvs (alias stereo), sift or random, got {config.init.method!r}")
     if config.pose.refine not in ("auto", "on", "off"):
         raise ConfigError(f"pose.refine must be auto, on or off, got {config.pose.refine!r}")
     if not 0 <= config.init.sh_degree <= 3:
         raise ConfigError(f"init.sh_degree must be 0..3, got {config.init.sh_degree}")
+    sched = config.optim.resolution_schedule
+    if not sched or not all(isinstance(e, (list, tuple)) and len(e) == 2 and e[1] >= 1 for e in sched):
+        raise ConfigError(f"optim.resolution_schedule must be [[start_iteration, downscale >= 1], ...], got {sched!r}")
     if config.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")

@@ -92,6 +92,7 @@ class Trainer:
         self.pose_opt = torch.optim.Adam([self.pose_deltas], lr=config.pose.lr, eps=1e-15)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
+        self._levels: dict[float, tuple] = {}  # downscale -> (size, images, depth priors)
 
     # ---- parameters -------------------------------------------------------------------
     def _make_params(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
@@ -111,9 +112,37 @@ class Trainer:
         p = self.params
         return Gaussians(p["means"], p["scales"], p["quats"], p["opacities"], torch.cat([p["sh0"], p["shN"]], 1))
 
-    def train_camera(self, v: int) -> Camera:
-        """Training camera v with its refined pose: T = exp(delta_v) @ T_init."""
+    def _downscale(self, it: int) -> float:
+        factor = 1.0
+        for start, f in sorted(self.cfg.optim.resolution_schedule):
+            if it >= start:
+                factor = float(f)
+        return factor
+
+    def _level(self, factor: float) -> tuple:
+        """(width, height), images [H', W', 3] and depth priors at 1/factor resolution."""
+        if factor not in self._levels:
+            cam = self.data.cameras[0]
+            size = (max(8, round(cam.width / factor)), max(8, round(cam.height / factor)))
+            if factor == 1.0:
+                self._levels[factor] = (size, self.data.images, self.data.depth_priors)
+            else:
+                import torch.nn.functional as F
+
+                images = [F.interpolate(im.permute(2, 0, 1)[None], size=size[::-1], mode="area")[0].permute(1, 2, 0)
+                          for im in self.data.images]
+                # nearest keeps 0 = unknown intact (no blending of depth with holes)
+                priors = [None if p is None else
+                          (F.interpolate(p[0][None, None], size=size[::-1], mode="nearest")[0, 0], p[1])
+                          for p in self.data.depth_priors]
+                self._levels[factor] = (size, images, priors)
+        return self._levels[factor]
+
+    def train_camera(self, v: int, size: tuple[int, int] | None = None) -> Camera:
+        """Training camera v with its refined pose (T = exp(delta_v) @ T_init), at ``size``."""
         cam = self.data.cameras[v]
+        if size is not None and size != (cam.width, cam.height):
+            cam = cam.scaled(*size)
         if not self.refine_poses or v == 0:  # view 0 fixes the gauge
             return cam
         d = self.pose_deltas[v : v + 1]  # [1, 6]
@@ -144,7 +173,7 @@ class Trainer:
         c = self.cfg.depth
         return c.enabled and c.start <= it < c.stop
 
-    def _pseudo_camera(self) -> Camera:
+    def _pseudo_camera(self, size: tuple[int, int] | None = None) -> Camera:
         """A camera between two random training cameras (slerp rotation, lerp centre) with
         a small position jitter: unseen viewpoints where the depth prior still applies."""
         V = len(self.data.cameras)
@@ -160,7 +189,8 @@ class Trainer:
         T = torch.eye(4)
         T[:3, :3] = R
         T[:3, 3] = -R @ centre
-        return Camera(a.K, T, a.width, a.height)
+        cam = Camera(a.K, T, a.width, a.height)
+        return cam if size is None or size == (a.width, a.height) else cam.scaled(*size)
 
     def _reprojected_depth(self, cam: Camera) -> Tensor | None:
         """Prior points splatted into ``cam`` with a z-buffer -> sparse depth [H, W]."""
@@ -176,11 +206,11 @@ class Trainer:
         flat = flat.scatter_reduce(0, v[ok] * cam.width + u[ok], z[ok], "amin")
         return torch.where(torch.isfinite(flat), flat, 0.0).reshape(cam.height, cam.width)
 
-    def _pseudo_loss(self, it: int, sh: int) -> Tensor | None:
+    def _pseudo_loss(self, it: int, sh: int, size: tuple[int, int]) -> Tensor | None:
         c = self.cfg.pseudo
         if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
             return None
-        cam = self._pseudo_camera()
+        cam = self._pseudo_camera(size)
         out = self.render_fn(self.gaussians(), [cam], self._settings(sh))
         depth = out.depth[0]  # [H, W]
         if self.depth_model is not None:
@@ -223,15 +253,16 @@ class Trainer:
         self._set_lrs(it)
         sh = sh_degree_at(it - 1, cfg.optim.sh_degree_interval, self.max_sh)
         v = int(torch.randint(len(self.data.cameras), (1,), generator=self.generator))
-        gt = self.data.images[v]  # [H, W, 3]
-        out = self.render_fn(self.gaussians(), [self.train_camera(v)], self._settings(sh))
+        size, images, priors = self._level(self._downscale(it))
+        gt = images[v]  # [H, W, 3]
+        out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], self._settings(sh))
         info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         rgb = out.rgb[0]  # [H, W, 3]
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
-        prior = self.data.depth_priors[v] if self.data.depth_priors else None
+        prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
             terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0)
-        if (pseudo := self._pseudo_loss(it, sh)) is not None:
+        if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
             terms["diffusion"] = diff

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon.errors import ReconError
+from recon.errors import ConfigError, ReconError
 from recon.types import View
 
 INVALID_COST = 2.0  # cost of a hypothesis that projects outside a source view (1 - NCC <= 2)
@@ -67,15 +67,28 @@ class StereoResult:
     depth_ranges: list[tuple[float, float]]  # per view (near, far) that was swept
 
 
-def multiview_stereo(views: "list[View] | tuple[View, ...]", settings: StereoSettings | None = None, *, progress: bool = True, **overrides) -> StereoResult:
+def multiview_stereo(
+    views: "list[View] | tuple[View, ...]",
+    settings: StereoSettings | None = None,
+    *,
+    progress: bool = True,
+    **overrides,
+) -> StereoResult:
     """Posed views (at least two) -> fused points and per-view depth/confidence maps.
     Keyword overrides replace fields of ``settings`` (e.g. ``num_depths=32``)."""
     settings = settings or StereoSettings()
     if overrides:
+        unknown = sorted(set(overrides) - set(settings.__dict__))
+        if unknown:
+            raise ConfigError(f"unknown stereo setting(s) {', '.join(unknown)}; valid: {', '.join(settings.__dict__)}")
         settings = StereoSettings(**{**settings.__dict__, **overrides})
+    if settings.window < 3 or settings.window % 2 == 0 or settings.num_depths < 3:
+        raise ConfigError(f"stereo window must be odd and >= 3 and num_depths >= 3, got window={settings.window}, "
+                          f"num_depths={settings.num_depths}")
     views = tuple(views)
     if len(views) < 2:
-        raise ReconError(f"multi-view stereo needs at least 2 posed views, got {len(views)}; use init method 'random' for a single view")
+        raise ReconError(f"multi-view stereo needs at least 2 posed views, got {len(views)}; "
+                         "use init method 'random' for a single view")
     device = torch.device(settings.device)
     work = [_working_view(v, settings.max_side, device) for v in views]
     coarse = [_downscale(wv, settings.coarse_scale) for wv in work]
@@ -205,7 +218,9 @@ def _box(x: Tensor, window: int) -> Tensor:
     return F.avg_pool2d(x, (window, 1), stride=1, padding=(p, 0), count_include_pad=False)
 
 
-def _sweep(work: list[_Work], coarse: list[_Work], r: int, sources: list[int], rng: tuple[float, float], st: StereoSettings) -> tuple[Tensor, Tensor]:
+def _sweep(
+    work: list[_Work], coarse: list[_Work], r: int, sources: list[int], rng: tuple[float, float], st: StereoSettings
+) -> tuple[Tensor, Tensor]:
     """Coarse-to-fine plane sweep for reference r -> (depth [h, w] before the consistency
     check, 0 where photometrically invalid; best NCC [h, w]).
 
@@ -218,13 +233,11 @@ def _sweep(work: list[_Work], coarse: list[_Work], r: int, sources: list[int], r
     cost = _cost_volume(coarse, r, sources, inv[:, None, None].expand(D, hc, wc), st)  # [D, hc, wc]
     inv_c, _, interior = _winner(cost, inv[:, None, None].expand(D, hc, wc))
     h, w = work[r].gray.shape
-    if (hc, wc) == (h, w):
-        inv_f, ncc, _ = inv_c, None, None
+    if (hc, wc) == (h, w):  # single level
         cost_f, hyp = cost, inv[:, None, None].expand(D, h, w)
     else:
-        up = lambda x: F.interpolate(x[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]  # noqa: E731
-        centre = up(inv_c)  # [h, w]
-        interior = up(interior) > 0.999
+        centre = _upsample(inv_c, h, w)  # [h, w]
+        interior = _upsample(interior, h, w) > 0.999
         step = float(inv[1] - inv[0]) if D > 1 else 0.0
         offsets = torch.linspace(-st.fine_band, st.fine_band, st.fine_depths, device=centre.device) * step  # [Df]
         hyp = (centre[None] + offsets[:, None, None]).clamp(min(float(inv[-1]), float(inv[0])) * 0.5)  # [Df, h, w]
@@ -291,7 +304,9 @@ def _cost_volume(work: list[_Work], r: int, sources: list[int], inv: Tensor, st:
     return cost.topk(k, dim=0, largest=False).values.mean(0) if k < len(sources) else cost.mean(0)
 
 
-def _geometric_consistency(work: list[_Work], depths: list[Tensor], r: int, sources: list[int], st: StereoSettings) -> Tensor:
+def _geometric_consistency(
+    work: list[_Work], depths: list[Tensor], r: int, sources: list[int], st: StereoSettings
+) -> Tensor:
     """[h, w] bool: depth of view r agrees with >= min_consistent source views after a
     ref -> source -> ref round trip (pixel error and relative depth error both small)."""
     ref = work[r]
@@ -355,6 +370,10 @@ def _clean(points: Tensor, colors: Tensor, voxel: float, st: StereoSettings) -> 
     if len(pcd.points) > st.outlier_neighbours:
         pcd, _ = pcd.remove_statistical_outlier(nb_neighbors=st.outlier_neighbours, std_ratio=st.outlier_std)
     return (torch.from_numpy(np.asarray(pcd.points)).float(), torch.from_numpy(np.asarray(pcd.colors)).float())
+
+
+def _upsample(x: Tensor, h: int, w: int) -> Tensor:
+    return F.interpolate(x[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 def _resize_nearest(x: Tensor, h: int, w: int) -> Tensor:

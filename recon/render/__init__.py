@@ -29,6 +29,7 @@ __all__ = ["render", "available_backends"]
 
 _BACKENDS = ("auto", "cpu", "cuda", "reference")
 _auto_fallback_warned = False
+_distortion_warned = False
 
 
 def render(
@@ -125,6 +126,11 @@ def _check_inputs(g: Gaussians, cams: list[Camera], settings: RenderSettings):
         if tuple(c.K.shape) != (3, 3) or tuple(c.T_cam_world.shape) != (4, 4):
             raise ConfigError(f"camera {i}: K must be [3, 3] and T_cam_world [4, 4], got "
                               f"{list(c.K.shape)} and {list(c.T_cam_world.shape)}")
+    global _distortion_warned
+    if not _distortion_warned and any(c.distortion is not None and bool(c.distortion.any()) for c in cams):
+        warnings.warn("render() draws pinhole cameras: Camera.distortion is ignored, so render "
+                      "undistorted images for distorted cameras", stacklevel=3)
+        _distortion_warned = True
     if width < 1 or height < 1:
         raise ConfigError(f"image size must be positive, got {width}x{height}")
     n = len(g)

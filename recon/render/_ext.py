@@ -105,19 +105,25 @@ def _build(verbose: bool):
     if _want_cuda():
         sources += sorted(str(p) for p in (src / "src").glob("*.cu"))
         cflags.append("-DRECON_WITH_CUDA")
-        kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math", "-DRECON_WITH_CUDA",
+        kwargs["extra_cuda_cflags"] = ["-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr",
+                                       "-DRECON_WITH_CUDA",
                                        f"-I{src / 'include'}"]
+    from rich.console import Console
+
+    status = Console(stderr=True).status(
+        f"building the recon rasteriser extension in {build_dir()} (first use only, 1-3 min)")
     try:
-        return cpp_extension.load(
-            name="recon_raster_ext",
-            sources=sources,
-            extra_include_paths=[str(src / "include")],
-            extra_cflags=cflags,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir()),
-            verbose=verbose,
-            **kwargs,
-        )
+        with status:
+            return cpp_extension.load(
+                name="recon_raster_ext",
+                sources=sources,
+                extra_include_paths=[str(src / "include")],
+                extra_cflags=cflags,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir()),
+                verbose=verbose,
+                **kwargs,
+            )
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise MissingDependencyError(

@@ -8,8 +8,6 @@ pure-torch projection and SH code (they run on CPU) and never touches the extens
 
 from __future__ import annotations
 
-import math
-
 import torch
 from gsplat.cuda._torch_impl import (
     _persp_proj,
@@ -132,7 +130,3 @@ def _rasterize_one(means2d, conics, colors, opacities, depths, radii, width, hei
         height * width, dtype=means2d.dtype) + 0.0 * means2d.sum()
     return rgb, depth_sum, (1.0 - t_final).reshape(height, width)
 
-
-def max_pixels_times_gaussians() -> int:
-    """Budget of the dense [P, M] intermediates (a dozen float tensors of this size)."""
-    return int(math.floor(4e7))

@@ -6,7 +6,9 @@ on the trainer's thread, every iteration) only compares clocks, except:
 * every ``panel_interval`` seconds it updates the progress panel (a few short messages);
 * every ``update_every`` seconds, and only while a browser is connected, it clones the
   Gaussians (one memcpy of the parameters, so the worker never sees a half-updated
-  state) and hands them to a background thread, which converts and sends them.
+  state) and hands them to a background thread, which converts and sends them. When a
+  push costs more than ``PUSH_BUDGET`` of the interval (millions of Gaussians), the
+  interval grows to match.
 
 With no browser connected the Gaussians are never copied.
 """
@@ -22,8 +24,15 @@ from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
 
-def _clone(g: Gaussians) -> Gaussians:
-    return Gaussians(*(t.detach().to("cpu", copy=True) for t in g.tensors()))
+PUSH_BUDGET = 0.02  # at most ~2% of wall time spent copying, converting and sending splats
+
+
+def _clone(g: Gaussians, dc_only: bool = False) -> Gaussians:
+    """A CPU copy the trainer cannot change under us. Browser splats only show the DC
+    colour, so ``dc_only`` skips the higher SH bands (3/4 of the bytes at degree 3)."""
+    sh = g.sh[:, :1] if dc_only else g.sh
+    tensors = (g.means, g.log_scales, g.quats, g.opacity_logits, sh)
+    return Gaussians(*(t.detach().to("cpu", copy=True) for t in tensors))
 
 
 def _consistent(g: Gaussians) -> bool:
@@ -54,6 +63,8 @@ class LiveViewer:
         self._build_panel()
         self._last_panel = 0.0
         self._last_push = float("-inf")
+        self._interval = self.update_every  # grows for scenes whose pushes are expensive
+        self._clone_seconds = 0.0
         self._force_push = threading.Event()  # a browser connected or the fit was paused
         self._last_event: StepEvent | None = None
         self._queue: Gaussians | None = None
@@ -64,6 +75,8 @@ class LiveViewer:
         self._worker = threading.Thread(target=self._push_loop, name="recon-live-push", daemon=True)
         self._worker.start()
         self.server.viser.on_client_connect(lambda _client: self._force_push.set())
+        # Leaving splat mode needs every SH band, which splat-mode snapshots leave out.
+        self.scene.mode.on_update(lambda _: self._force_push.set())
 
     # ---------------------------------------------------------------- panel
     def _build_panel(self) -> None:
@@ -121,26 +134,35 @@ class LiveViewer:
         self.state.content = f"fitting into `{event.run_dir}`"
 
     def on_step(self, event: StepEvent) -> None:
+        if self._closed:
+            return
         self._last_event = event
         now = time.perf_counter()
         last = event.iteration >= event.total_iterations
         if last or now - self._last_panel >= self.panel_interval:
             self._last_panel = now
             self._update_panel(event)
-        if self._closed:
-            return
-        due = now - self._last_push >= self.update_every or self._force_push.is_set()
+        due = now - self._last_push >= self._interval or self._force_push.is_set()
         if (due or last) and self.server.num_clients() > 0:
             self._force_push.clear()
             self._last_push = now
-            self._enqueue(_clone(event.gaussians()))
+            # Server renders (rgb mode) need every SH band; browser splats only the DC term.
+            dc_only = self.scene.mode.value == "splats" and not last  # keep the final state whole
+            self._enqueue(_clone(event.gaussians(), dc_only=dc_only))
+            self._clone_seconds = time.perf_counter() - now
         elif last:
             # Keep the final state for browsers that connect after the fit ends.
             self._enqueue(_clone(event.gaussians()))
 
     def on_finish(self, event: FitFinished) -> None:
-        metrics = ", ".join(f"{k} {v:.4g}" for k, v in event.metrics.items()
-                            if isinstance(v, (int, float)))
+        last = self._last_event
+        if last is not None and last.iteration < last.total_iterations and not self._closed:
+            # Stopped early: the fit is over, so its parameters are stable to copy here.
+            self._enqueue(_clone(last.gaussians()))
+        test = event.metrics.get("test") if isinstance(event.metrics.get("test"), dict) else {}
+        shown = {**{f"test {k}": v for k, v in test.items() if k in ("psnr", "ssim", "lpips")},
+                 **{k: v for k, v in event.metrics.items() if k in ("psnr", "num_gaussians", "fit_seconds")}}
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
         self.state.content = f"finished at iteration {event.iteration}" + (f": {metrics}" if metrics else "")
         self.pause_button.disabled = True
         self.stop_button.disabled = True
@@ -167,8 +189,15 @@ class LiveViewer:
             with self._queue_lock:
                 g, self._queue = self._queue, None
             if g is not None and not self._closed:
+                start = time.perf_counter()
                 self.scene.set_gaussians(g)
                 self.pushes += 1
+                # Self-throttle: large scenes cost more per push, so push less often and
+                # keep the viewer's share of the machine under PUSH_BUDGET.
+                cost = time.perf_counter() - start + self._clone_seconds
+                if self.scene.mode.value != "splats":  # each push also re-renders every client
+                    cost += self.scene.last_render_seconds * max(1, self.server.num_clients())
+                self._interval = max(self.update_every, cost / PUSH_BUDGET)
 
     # ---------------------------------------------------------------- lifetime
     def serve_forever(self) -> None:

@@ -14,6 +14,7 @@ Two ways to show Gaussians:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -182,10 +183,12 @@ class SceneView:
         self._gaussians: Gaussians | None = None
         self._cameras = CameraSet()
         self._splats = None  # viser GaussianSplatHandle
+        self._camera_root = None  # viser FrameHandle parenting every frustum
         self._pending: dict[int, object] = {}  # client id -> ClientHandle awaiting a render
         self._wake = threading.Event()
         self._closed = False
         self.renders_done = 0  # server renders sent (tests, overhead accounting)
+        self.last_render_seconds = 0.0
         self._build_gui()
         self._worker = threading.Thread(target=self._render_loop, name="recon-view-render", daemon=True)
         self._worker.start()
@@ -241,6 +244,8 @@ class SceneView:
         """Frustums for the input (train) cameras, with thumbnails, and the test cameras."""
         self._cameras = cameras
         scene = self.server.scene
+        self._camera_root = scene.add_frame("/cameras", show_axes=False,
+                                            visible=bool(self.show_cameras.value))
         for kind, cams, names, colour in (
             ("train", cameras.train, cameras.train_names, TRAIN_COLOUR),
             ("test", cameras.test, cameras.test_names, TEST_COLOUR),
@@ -273,14 +278,8 @@ class SceneView:
         return float(max(spread * 0.15, 1e-3))
 
     def _set_cameras_visible(self, visible: bool) -> None:
-        for kind, names in (("train", self._cameras.train_names), ("test", self._cameras.test_names)):
-            for i, name in enumerate(names):
-                try:
-                    handle = self.server.scene.get_handle_by_name(f"/cameras/{kind}/{_node_name(name, i)}")
-                except Exception:  # noqa: BLE001 - older viser without the lookup: leave as is
-                    return
-                if handle is not None:
-                    handle.visible = visible
+        if self._camera_root is not None:
+            self._camera_root.visible = visible  # children follow their parent frame
 
     def selected_camera(self) -> Camera | None:
         value = self.input_view.value
@@ -382,6 +381,7 @@ class SceneView:
             cam = camera_from_viser(state.wxyz, state.position, state.fov, width, height)
         except AssertionError:  # this client has not reported its camera yet
             return
+        start = time.perf_counter()
         try:
             image = self.render_view(g, cam, mode)
         except NotImplementedError as exc:
@@ -390,6 +390,7 @@ class SceneView:
             return
         if client.client_id not in self.server.viser.get_clients():
             return  # the browser left while we rendered
+        self.last_render_seconds = time.perf_counter() - start
         client.scene.set_background_image(image, format="jpeg", jpeg_quality=85)
         self.renders_done += 1
 
