@@ -78,7 +78,10 @@ def _depth_abs_rel(run: Path, cfg) -> float:
     return sum(errs) / len(errs) if errs else float("nan")
 
 
-def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int = 160, views: int = 3) -> list[dict]:
+def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int = 160, views: int = 3,
+                 depth_weight: float | None = None) -> list[dict]:
+    """One short fit per arm; ``depth_weight`` overrides both depth loss weights (Pearson
+    and ranking; None = the preset's)."""
     from recon import pipeline
     from recon.optimise.config import load_config
     from recon.priors import depth as depth_module
@@ -86,6 +89,7 @@ def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int
     out_root = Path(out_root or tempfile.mkdtemp(prefix="bench_priors_fit_"))
     common = [f"optim.iterations={iterations}", "pseudo.enabled=false", "threads=1", f"data.width={width}",
               "data.options.n_views=12", f"data.views={views}",
+              *([f"depth.pearson_weight={depth_weight}", f"depth.ranking_weight={depth_weight}"] if depth_weight else []),
               f"densify.refine_stop={max(iterations - 50, 100)}"]
     arms = {"none (photometric only)": ["depth.enabled=false"], "fallback: MVS depth": [],
             "oracle: exact depth": ["depth.model=oracle"]}
@@ -95,8 +99,8 @@ def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int
         for arm, extra in arms.items():
             cfg = load_config("fast", common + extra)
             if extra == ["depth.model=oracle"]:
-                views = pipeline._load(SPEC, cfg).views
-                depth_module.load_depth_prior = lambda *a, **k: OracleDepthPrior(views)
+                scene_views = pipeline._load(SPEC, cfg).views
+                depth_module.load_depth_prior = lambda *a, **k: OracleDepthPrior(scene_views)
             print(f"[bench_priors_fit] {arm} ...", flush=True)
             t = time.perf_counter()
             run = pipeline.fit_scene(SPEC, out_dir=out_root / arm.split(":")[0].split(" ")[0], config=cfg)
@@ -104,6 +108,7 @@ def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int
             metrics = json.loads((run / "metrics.json").read_text())
             results.append({"arm": arm, "psnr": float(metrics["test"]["psnr"]), "abs_rel": _depth_abs_rel(run, cfg),
                             "seconds": seconds, "iterations": iterations, "width": width, "views": views,
+                            "depth_weight": depth_weight,
                             "run": str(run)})
             print(f"[bench_priors_fit] {results[-1]}", flush=True)
             depth_module.load_depth_prior = original
@@ -117,9 +122,10 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--width", type=int, default=160)
     ap.add_argument("--views", type=int, default=3)
+    ap.add_argument("--depth-weight", type=float, default=None, help="Pearson and ranking weight (default: preset)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    print(json.dumps(run_fit_arms(args.iterations, args.out, args.width, args.views), indent=2))
+    print(json.dumps(run_fit_arms(args.iterations, args.out, args.width, args.views, args.depth_weight), indent=2))
     return 0
 
 

@@ -12,7 +12,7 @@ import math
 import resource
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,7 +47,11 @@ class _LogListener:
 
     def on_finish(self, event) -> None:
         self.file.write(json.dumps({"event": "finish", "iteration": event.iteration}) + "\n")
-        self.file.close()
+        self.close()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
 
 
 def _resolve_config(config: FitConfig | str | Path | None) -> FitConfig:
@@ -187,25 +191,36 @@ def fit_scene(
         torch.use_deterministic_algorithms(previous)
 
 
-def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
-    from recon import render as render_module
+@dataclass
+class _Prepared:
+    scene: Scene
+    split: Split
+    train: list[View]
+    test: list[View]
+    gaussians: Gaussians
+    data: TrainData
+    depth_model: object
+    refiner: object
 
-    torch.manual_seed(cfg.seed)
+
+def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
+    """Scene, split, poses (SfM when unposed), initial Gaussians and priors."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    t0 = time.perf_counter()
     scene = _load(spec, cfg)
     split = _split(scene, cfg.data.protocol, cfg.data.views)
-    all_views = list(scene.views)
-    posed = scene.posed
-    if not posed:
+    if not scene.posed:
+        from recon.data.common import apply_normalisation, camera_normalisation
         from recon.priors.sfm import recover_poses
 
+        # Test views join SfM so they can be evaluated; their images only give poses.
+        all_views = list(scene.views)
         idx = list(split.train) + list(split.test)
-        recovered = recover_poses([all_views[i] for i in idx])
+        recovered = list(recover_poses([all_views[i] for i in idx], seed=cfg.seed))
+        norm = camera_normalisation(recovered)  # COLMAP's frame and scale are arbitrary
         for i, v in zip(idx, recovered):
-            all_views[i] = v
-    train = [all_views[i] for i in split.train]
-    test = [all_views[i] for i in split.test]
+            all_views[i] = apply_normalisation(v, norm)
+        scene = replace(scene, views=tuple(all_views), normalisation=norm)
+    train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
     gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
     depth_model, learned, refiner = _learned_priors(cfg, train, run)
     if learned is not None:
@@ -217,33 +232,45 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
         cameras=[v.camera for v in train], images=[v.image for v in train], names=[v.name for v in train],
         masks=[v.mask for v in train], depth_priors=depth_priors, prior_points=prior_points,
         scene_scale=_scene_scale([v.camera for v in train]), background=bg)
-    refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not posed)
+    return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner)
+
+
+def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
+    from recon import render as render_module
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    p = _prepare(spec, run, cfg)
     render_fn = lambda *a, **k: render_module.render(*a, **k)  # noqa: E731  looked up late (tests swap it)
-    trainer = Trainer(cfg, gaussians, data, render_fn=render_fn, listeners=[_LogListener(run / "log.jsonl", cfg.log_every), *listeners],
-                      control=control, checkpoint_fn=lambda state: save_checkpoint(run, state),
-                      refine_poses=refine_poses, depth_model=depth_model, refiner=refiner, run_dir=str(run))
-    initial = None
-    if resume:
-        ckpt = latest_checkpoint(run)
-        if ckpt is None:
-            warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning)
-        else:
-            state = load_checkpoint(ckpt)
-            trainer.load_state_dict(state)
-            initial = state.get("initial_test")
-    if initial is None and test:
-        initial = _quick_psnr(render_fn, gaussians, test, trainer._settings(0))
-    if not resume:
-        (run / "scene.json").write_text(json.dumps(_scene_record(spec, scene, split, posed), indent=2))
-    trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
-    result = trainer.run(thumbnails=tuple(v.image for v in train), test_cameras=tuple(v.camera for v in test),
-                         test_names=tuple(v.name for v in test))
-    if not result.stopped and trainer._finite():
-        save_checkpoint(run, {**trainer.state_dict(), "initial_test": initial})
-    metrics = _write_outputs(run, cfg, scene, split, train, test, result, render_fn,
-                             trainer._settings(trainer.max_sh), initial, time.perf_counter() - t0)
-    for ls in trainer.listeners:
-        ls.on_finish(FitFinished(result.iteration, str(run), metrics))
+    refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not p.scene.posed)
+    log = _LogListener(run / "log.jsonl", cfg.log_every)
+    try:
+        trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
+                          refine_poses=refine_poses, depth_model=p.depth_model, refiner=p.refiner, run_dir=str(run))
+        initial = None
+        if resume:
+            ckpt = latest_checkpoint(run)
+            if ckpt is None:
+                warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning)
+            else:
+                state = load_checkpoint(ckpt)
+                trainer.load_state_dict(state)
+                initial = state.get("initial_test")
+        if initial is None and p.test:
+            initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer._settings(0))
+        if not resume:
+            (run / "scene.json").write_text(json.dumps(_scene_record(spec, p.scene, p.split), indent=2))
+        trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
+        result = trainer.run(thumbnails=tuple(v.image for v in p.train), test_names=tuple(v.name for v in p.test),
+                             test_cameras=tuple(v.camera for v in p.test))
+        if trainer._finite():  # also after a stop, so `--resume` continues from here
+            trainer.checkpoint_fn(trainer.state_dict())
+        metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
+                                 trainer._settings(trainer.max_sh), initial, time.perf_counter() - t0)
+        for ls in trainer.listeners:
+            ls.on_finish(FitFinished(result.iteration, str(run), metrics))
+    finally:
+        log.close()
     return run
 
 
@@ -263,10 +290,10 @@ def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _scene_record(spec: str, scene: Scene, split: Split, posed: bool) -> dict:
+def _scene_record(spec: str, scene: Scene, split: Split) -> dict:
     return {
         "scene": spec, "format": scene.format, "root": str(scene.root) if scene.root else None,
-        "posed": posed, "protocol": split.protocol, "split_description": split.description,
+        "posed": scene.posed, "protocol": split.protocol, "split_description": split.description,
         "train": list(split.train), "test": list(split.test),
         "train_names": [scene.views[i].name for i in split.train],
         "test_names": [scene.views[i].name for i in split.test],

@@ -51,7 +51,8 @@ class StandInFit:
             per_view.append({"name": f"v{i}", **image_metrics(pred, gt)})
         run = Path(out_dir)
         (run / "metrics.json").write_text(json.dumps({"test": summarise(per_view), "fit_seconds": 0.1,
-                                                      "iterations": config.optim.iterations}))
+                                                      "iterations": config.optim.iterations,
+                                                      "protocol": {"resolution": [40, 30]}}))
         (run / "log.jsonl").write_text("".join(json.dumps({"iteration": it, "psnr": 10 + it / 10, "loss": 1.0}) + "\n"
                                                for it in (10, 20, 30)))
         return run
@@ -71,6 +72,7 @@ def test_tables_written_with_baseline_and_seed_statistics(data_root, tmp_path):
     assert all(c["status"] == "done" and c["wall_seconds"] >= 0 and c["peak_rss_bytes"] > 0 for c in cells)
     data = json.loads((out / "results.json").read_text())
     assert data["protocol"]["iterations"] == 7 and data["protocol"]["seeds"] == [0, 1]
+    assert data["protocol"]["evaluated_resolution"] == ["40x30"]
     assert "11x11" in data["metric_implementations"]["ssim"]
     rows = {(r["scene"], r["method"]): r for r in data["rows"]}
     assert set(rows) == {(s, m) for s in ("scene_a", "scene_b", "mean") for m in ("recon", "baseline-3dgs")}

@@ -191,6 +191,36 @@ def test_pose_refinement_moves_only_refined_views(scene):
     assert trainer.pose_deltas.grad is None or torch.isfinite(trainer.pose_deltas.grad).all()
 
 
+def test_learned_prior_hooks_are_called(scene):
+    """A monocular depth model guides pseudo views (on their rendered image) and a
+    diffusion refiner supplies pseudo targets; both are plain objects here."""
+    from recon.priors.depth import DepthMap
+
+    class Mono:
+        name = "stub"
+        calls = 0
+
+        def predict(self, image):
+            Mono.calls += 1
+            return DepthMap(values=image.mean(-1) + 0.1, kind="disparity")  # [H, W]
+
+    class Refiner:
+        batches = []
+
+        def refine(self, images):
+            Refiner.batches.append(images.shape)
+            return images.flip(-1)  # any change of the images is fine
+
+    cfg = _config("diffusion.enabled=true", "diffusion.start=3", "diffusion.every=5", "diffusion.num_views=2",
+                  "densify.enabled=false")
+    trainer = Trainer(cfg, _gaussians(scene), _data(scene), depth_model=Mono(), refiner=Refiner())
+    result = trainer.run()
+    assert Mono.calls == len([i for i in range(2, 13) if i % 2 == 0])  # every pseudo step
+    assert Refiner.batches == [(2, 24, 32, 3)] * 2  # refreshed at iterations 3 and 8
+    keys = set().union(*(h.keys() for h in result.history))
+    assert {"pseudo", "diffusion"} <= keys
+
+
 def test_resolution_schedule_renders_coarse_then_full(scene):
     from recon.render import render
 

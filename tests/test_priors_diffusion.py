@@ -20,6 +20,16 @@ from recon.priors.diffusion import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors gain nothing from threads, and on a shared busy machine intra-op
+    threads spin against each other (several times slower); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
@@ -189,3 +199,21 @@ def test_video_enhancer_explains_what_it_needs(tmp_path, tiny_sd):
     # An image pipeline is not a video-to-video pipeline.
     with pytest.raises(MissingDependencyError, match="holds a StableDiffusionImg2ImgPipeline pipeline"):
         VideoEnhancer.from_pretrained(tiny_sd[0])
+
+
+def test_video_enhancer_runs_a_tiny_video_to_video_pipeline(tmp_path):
+    from diffusers import UNet3DConditionModel, VideoToVideoSDPipeline
+
+    parts = _tiny_parts(tmp_path)
+    parts["unet"] = UNet3DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
+    VideoToVideoSDPipeline(**parts).save_pretrained(tmp_path / "video")
+    enhancer = VideoEnhancer.from_pretrained(tmp_path / "video", strength=0.5, steps=2, seed=1)
+    frames = torch.rand(3, 20, 28, 3, generator=torch.Generator().manual_seed(0))
+    out = enhancer.enhance(frames)
+    assert out.shape == (3, 20, 28, 3) and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert torch.equal(enhancer.enhance(frames), out)  # deterministic with the seed
+    with pytest.raises(ReconError, match=r"\[T, H, W, 3\]"):
+        enhancer.enhance(torch.rand(3, 20, 28))

@@ -19,6 +19,16 @@ from recon.priors.pointmap_align import estimate_focal
 H, W, FOCAL = 20, 28, 24.0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors gain nothing from threads, and on a shared busy machine intra-op
+    threads spin against each other (several times slower); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _rig(n_views: int, seed: int = 0):
     """Known cameras on an arc looking at the origin and per-view world pointmaps of a
     wavy surface 2.5-3.5 units away: (T_cam_world [V, 4, 4], world points V x [H, W, 3])."""

@@ -155,12 +155,23 @@ def test_orbit_circles_the_focus_point_at_the_input_distance():
     centres = np.stack([c.centre.numpy() for c in path])
     np.testing.assert_allclose(np.linalg.norm(centres[:, [0, 2]], axis=1), 2.0, atol=1e-4)
     np.testing.assert_allclose(centres[:, 1], -0.4, atol=1e-4)  # the input cameras' height
-    np.testing.assert_allclose(centres[0], cams[0].centre.numpy(), atol=1e-4)  # starts at the first view
+    # The arc sweeps the inputs' azimuths (0 to 1.5 rad) plus 15% each side, and back.
+    azimuth = np.arctan2(centres[:, 0], -centres[:, 2])
+    assert azimuth.min() == pytest.approx(-0.225, abs=1e-3) and azimuth.max() == pytest.approx(1.725, abs=0.05)
     for cam in path:  # every frame looks at the focus point, upright
         u, v, z = _project(cam, np.zeros(3))
         assert z > 0 and abs(u - cam.width / 2) < 1e-3 and abs(v - cam.height / 2) < 1e-3
         up_img = _project(cam, np.array([0.0, -0.2, 0.0]))
         assert up_img[1] < v  # world up (-y) appears up in the image
+
+
+def test_azimuth_range_spans_the_inputs():
+    from recon.view.path import azimuth_range
+
+    start, end = azimuth_range(np.array([0.1, 0.5, -0.3]))
+    assert (start, end) == pytest.approx((2 * math.pi - 0.3, 2 * math.pi + 0.5))
+    start, end = azimuth_range(np.linspace(0, 2 * math.pi, 8, endpoint=False))  # all around
+    assert end - start == pytest.approx(2 * math.pi)
 
 
 def test_spiral_stays_near_forward_facing_inputs():
@@ -176,6 +187,8 @@ def test_spiral_stays_near_forward_facing_inputs():
     for cam in path:  # every frame looks at the point the inputs converge on
         u, v, z = _project(cam, np.array([0.0, 0.0, 2.0]))
         assert z > 0 and abs(u - cam.width / 2) < 1e-3 and abs(v - cam.height / 2) < 1e-3
+        assert _project(cam, np.array([0.0, -0.3, 2.0]))[1] < v  # world up (-y) appears up
+        assert np.linalg.det(cam.T_cam_world[:3, :3].double().numpy()) > 0.999  # a rotation
 
 
 def test_camera_path_rejects_bad_requests():
@@ -219,8 +232,8 @@ def test_recon_view_path_video_cli(tmp_path: Path, monkeypatch):
     cams = ring_cameras(4, width=40, height_px=30)
     run = write_run(tmp_path / "run", make_gaussians(100), cams[:3], cams[3:])
     out = tmp_path / "clip.gif"
-    assert cli.main(["view", str(run), "--path-video", str(out), "--frames", "3", "--size", "40"]) == 0
-    assert iio_frames(out) == 3
+    assert cli.main(["view", str(run), "--path-video", str(out), "--frames", "4", "--size", "40"]) == 0
+    assert iio_frames(out) == 4
     assert cli.main(["view", str(tmp_path / "nope")]) == 2  # a one-line ReconError, exit code 2
 
 

@@ -176,6 +176,8 @@ def run_bench(
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "test_pose_refined": False,
+                # what the fits actually ran at (a --set data.width=... changes the suite's resolution)
+                "evaluated_resolution": sorted({"x".join(map(str, c["resolution"])) for c in cells if c.get("resolution")}),
                 "methods": {m: list(METHODS[m]) or ["(preset as given)"] for m in methods}}
     extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover else {}
     paths = write_reports(out, cells, protocol, extra)

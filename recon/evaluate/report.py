@@ -153,7 +153,7 @@ def _csv_num(v) -> str:
 
 def markdown(rows: list[dict], protocol: dict, keys: list[str], style: str | None, cells: list[dict]) -> str:
     lines = [f"# Benchmark: {protocol.get('name', '?')}", "", "## Protocol", ""]
-    for k in ("protocol", "train_views", "test_views", "resolution", "masks", "metric_style", "background",
+    for k in ("protocol", "train_views", "test_views", "resolution", "evaluated_resolution", "masks", "metric_style", "background",
               "iterations", "config", "overrides", "seeds", "methods", "notes", "data_root", "device",
               "test_pose_refined"):
         if protocol.get(k) not in (None, "", ()):

@@ -44,6 +44,9 @@ class StereoSettings:
     num_sources: int = 4  # neighbouring views matched against each reference
     min_ncc: float = 0.3  # best-hypothesis NCC below this -> invalid pixel
     min_texture: float = 0.01  # grey-level std inside the window below this -> invalid
+    # grey-level std inside the 3x3 neighbourhood below this -> invalid: a flat pixel next to
+    # an edge has a textured NCC window, and would take the edge's depth ("fattening")
+    min_local_texture: float = 0.004
     geo_pixel_tol: float = 1.5  # forward-backward reprojection error bound (pixels)
     geo_depth_tol: float = 0.015  # forward-backward relative depth error bound
     min_consistent: int = 1  # other views that must agree with a kept pixel
@@ -246,7 +249,9 @@ def _sweep(
     ncc_best = 1.0 - c0
     g = work[r].gray[None, None]
     std_r = (_box(g * g, st.window) - _box(g, st.window) ** 2).clamp_min(0).sqrt()[0, 0]
-    valid = interior & (std_r > st.min_texture) & (ncc_best > st.min_ncc) & (inv_f > 0)
+    std_local = (_box(g * g, 3) - _box(g, 3) ** 2).clamp_min(0).sqrt()[0, 0]
+    textured = (std_r > st.min_texture) & (std_local > st.min_local_texture)
+    valid = interior & textured & (ncc_best > st.min_ncc) & (inv_f > 0)
     depth = 1.0 / inv_f.clamp_min(1e-12)
     return torch.where(valid, depth, torch.zeros_like(depth)), ncc_best
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from recon.errors import ConfigError, ReconError
+from recon.errors import ConfigError, MissingDependencyError, ReconError
 from recon.types import Camera, Gaussians, RenderOutput, RenderSettings
 
 __all__ = ["render", "available_backends"]
@@ -102,12 +102,15 @@ def _pick_backend(name: str, device: torch.device) -> str:
                           "backend='cuda' or move the Gaussians to the CPU")
     from recon.render import _ext
 
-    if name != "auto":
-        _ext.load()  # raises MissingDependencyError with the fix
-        return name
     try:
-        _ext.load()
+        ext = _ext.load()
+        if device.type == "cuda" and not _ext.has_cuda(ext):
+            raise MissingDependencyError(
+                "the rasteriser extension was built without CUDA (no CUDA torch or no GPU at "
+                f"build time); delete {_ext.build_dir()} and retry on a machine with a GPU")
     except ReconError as err:
+        if name != "auto":
+            raise  # MissingDependencyError with the fix
         if not _auto_fallback_warned:
             warnings.warn(f"falling back to the slow reference renderer: {err}", stacklevel=3)
             _auto_fallback_warned = True

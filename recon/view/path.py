@@ -50,20 +50,42 @@ def _camera_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray, template: Ca
                   width=template.width, height=template.height)
 
 
-def orbit_path(cameras: Sequence[Camera], n_frames: int) -> list[Camera]:
-    """A full circle about the up axis through the focus point, at the cameras' mean
-    distance and mean height above the focus point."""
+def azimuth_range(azimuths: np.ndarray, full_circle_gap: float = math.radians(60)) -> tuple[float, float]:
+    """The arc (start, end) radians, end > start, covering every azimuth: the circle minus
+    its largest empty gap. Returns a full turn when no gap exceeds ``full_circle_gap``."""
+    a = np.sort(np.mod(azimuths, 2 * math.pi))
+    gaps = np.diff(np.append(a, a[0] + 2 * math.pi))  # gap after each azimuth
+    i = int(np.argmax(gaps))
+    if gaps[i] < full_circle_gap:
+        return float(a[0]), float(a[0] + 2 * math.pi)
+    start = float(a[(i + 1) % len(a)])
+    return start, start + 2 * math.pi - float(gaps[i])
+
+
+def orbit_path(cameras: Sequence[Camera], n_frames: int, pad: float = 0.15) -> list[Camera]:
+    """An arc about the up axis through the focus point, at the cameras' mean distance and
+    height, sweeping the input cameras' azimuths (plus ``pad`` of the arc each side) and
+    back: sparse captures only reconstruct what their cameras saw. Inputs all around the
+    object get a full circle."""
     target = focus_point(cameras)
     up = orbit_axis(cameras)
     centres = _poses(cameras)[:, :3, 3] - target  # [V, 3]
     height = float((centres @ up).mean())
     flat = centres - np.outer(centres @ up, up)  # [V, 3] components in the orbit plane
     radius = float(np.linalg.norm(flat, axis=1).mean())
-    e1 = flat[0] / max(np.linalg.norm(flat[0]), 1e-9)  # start at the first input camera
+    e1 = flat[0] / max(np.linalg.norm(flat[0]), 1e-9)
     e2 = np.cross(up, e1)
+    start, end = azimuth_range(np.arctan2(flat @ e2, flat @ e1))
+    if end - start >= 2 * math.pi - 1e-9:
+        angles = start + np.linspace(0.0, 2 * math.pi, n_frames, endpoint=False)
+    else:
+        span = max(end - start, math.radians(20))  # a single view still sways a little
+        lo, hi = start - pad * span, start + (1 + pad) * span
+        t = np.linspace(0.0, 1.0, n_frames, endpoint=False)
+        angles = lo + (hi - lo) * (1 - np.cos(2 * math.pi * t)) / 2  # there and back, eased
     path = []
-    for t in np.linspace(0.0, 2 * math.pi, n_frames, endpoint=False):
-        eye = target + up * height + radius * (math.cos(t) * e1 + math.sin(t) * e2)
+    for theta in angles:
+        eye = target + up * height + radius * (math.cos(theta) * e1 + math.sin(theta) * e2)
         path.append(_camera_at(eye, target, up, cameras[0]))
     return path
 
@@ -77,7 +99,7 @@ def spiral_path(cameras: Sequence[Camera], n_frames: int, focus_depth: float | N
     forward = T[:, :3, 2].mean(0)
     forward /= np.linalg.norm(forward)
     up = scene_up(cameras)
-    right = np.cross(forward, -up)
+    right = np.cross(forward, up)  # OpenCV: x = z cross (-y)
     right /= np.linalg.norm(right)
     down = np.cross(forward, right)  # OpenCV: x right, y down, z forward
     if focus_depth is None:

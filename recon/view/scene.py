@@ -105,7 +105,7 @@ def orbit_axis(cameras: Sequence[Camera]) -> np.ndarray:
     otherwise the cameras' mean up direction. [3] unit vector"""
     up = scene_up(cameras)
     centres = np.stack([c.centre.double().numpy() for c in cameras])  # [V, 3]
-    if len(centres) >= 3:
+    if len(centres) >= 4:  # three points always span a plane: not evidence of a ring
         _, sv, vt = np.linalg.svd(centres - centres.mean(0))
         normal = vt[2] if vt[2] @ up > 0 else -vt[2]
         planar = sv[1] > 1e-6 and sv[2] < 0.2 * sv[1]
