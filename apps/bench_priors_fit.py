@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 SPEC = "builtin:synthetic"

@@ -24,6 +24,7 @@ from recon.optimise.config import FitConfig, from_dict, load_config
 from recon.optimise.events import FitControl, FitFinished, FitListener
 from recon.optimise.trainer import TrainData, Trainer
 from recon.types import Camera, Gaussians, Scene, Split, View
+from recon.runs import NamedCamera, write_cameras_json
 
 # Metric style (masked variants) of each protocol; None = plain full-image metrics.
 _METRIC_STYLE = {"dtu": "dtu", "spare": "spare"}
@@ -384,20 +385,11 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                    peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
                    train_final=result.history[-1] if result.history else None)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    (run / "cameras.json").write_text(json.dumps(_cameras_record(train, result.cameras, test), indent=2))
+    write_cameras_json(run / "cameras.json",
+                       [NamedCamera(v.name, "train", c) for v, c in zip(train, result.cameras)]
+                       + [NamedCamera(v.name, "test", v.camera) for v in test])
     _training_curve(run / "training_curve.png", result.history)
     return metrics
-
-
-def _cameras_record(train: list[View], train_cams: list[Camera], test: list[View]) -> dict:
-    def one(name: str, split_name: str, c: Camera) -> dict:
-        return {"name": name, "split": split_name, "K": c.K.tolist(), "T_cam_world": c.T_cam_world.tolist(),
-                "width": c.width, "height": c.height}
-
-    cams = [one(v.name, "train", c) for v, c in zip(train, train_cams)]
-    cams += [one(v.name, "test", v.camera) for v in test]
-    return {"convention": "OpenCV axes, T_cam_world world-to-camera, K in pixels (pixel centres at +0.5)",
-            "cameras": cams}
 
 
 def _training_curve(path: Path, history: list[dict]) -> None:

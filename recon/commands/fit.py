@@ -81,17 +81,34 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from recon.errors import ConfigError
-    from recon.optimise.config import load_config
     from recon.optimise.events import FitControl
-    from recon.pipeline import fit_scene
 
     control = FitControl()
     listeners: list = [] if args.no_progress else [ProgressBar()]
+    viewer = None
     if args.view:
         from recon.view.live import LiveViewer  # lazy: viser only when asked for
 
-        listeners.append(LiveViewer(host=args.host, port=args.port, control=control))
+        viewer = LiveViewer(host=args.host, port=args.port, control=control)
+        listeners.append(viewer)
+    try:
+        out = _fit(args, listeners, control)
+        _print_summary(out)
+        if viewer is not None:
+            # The page stays up on the finished run until Ctrl-C; checkpoints are already written.
+            print("fit finished; the viewer keeps serving the result (Ctrl-C to exit)")
+            viewer.serve_forever()
+    finally:
+        if viewer is not None:
+            viewer.close()
+    return 0
+
+
+def _fit(args: argparse.Namespace, listeners: list, control) -> Path:
+    from recon.errors import ConfigError
+    from recon.optimise.config import load_config
+    from recon.pipeline import fit_scene
+
     if args.resume:
         run = Path(args.resume)
         record = run / "scene.json"
@@ -107,8 +124,7 @@ def handler(args: argparse.Namespace) -> int:
         out_dir = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         out = fit_scene(args.scene, out_dir=out_dir, config=config, views=args.views, protocol=args.protocol,
                         listeners=listeners, control=control)
-    _print_summary(out)
-    return 0
+    return out
 
 
 def _print_summary(run: Path) -> None:

@@ -157,14 +157,13 @@ def evaluate_unposed(
     from recon.data.common import resize_view
     from recon.evaluate.metrics import summarise
     from recon.evaluate.protocols import metric_style_for
-    from recon.evaluate.run import camera_from_record, read_json, score_views
+    from recon.evaluate.run import read_json, run_cameras, score_views
     from recon.export.ply import read_ply
     from recon.render import render
 
     run = Path(run_dir)
     record = read_json(run / "scene.json", "the run's scene record")
-    cams = read_json(run / "cameras.json", "the run's cameras")["cameras"]
-    train = {c["name"]: camera_from_record(c) for c in cams if c["split"] == "train"}
+    train = dict(run_cameras(run, "train"))
     gt = load_scene(gt_scene, format=gt_format)
     gt_views = {v.name: v for v in gt.views}
     missing = [n for n in [*train, *record.get("test_names", [])] if n not in gt_views]

@@ -22,6 +22,7 @@ from recon.errors import ReconError
 from recon.evaluate.lpips import find_lpips
 from recon.evaluate.metrics import METRIC_IMPLEMENTATIONS, image_metrics, summarise
 from recon.evaluate.protocols import metric_style_for
+from recon.runs import read_cameras_json
 from recon.types import Camera, RenderSettings, View
 
 
@@ -34,18 +35,13 @@ def read_json(path: Path, what: str) -> dict:
         raise ReconError(f"{path}: not valid JSON ({exc}); re-run the fit or fix the file") from None
 
 
-def camera_from_record(rec: dict) -> Camera:
-    return Camera(
-        K=torch.tensor(rec["K"], dtype=torch.float32),
-        T_cam_world=torch.tensor(rec["T_cam_world"], dtype=torch.float32),
-        width=int(rec["width"]),
-        height=int(rec["height"]),
-    )
+def run_cameras(run: Path, split: str) -> list[tuple[str, Camera]]:
+    """(name, camera) of one split of a run's cameras.json, in file order."""
+    return [(c.name, c.camera) for c in read_cameras_json(run / "cameras.json") if c.split == split]
 
 
 def run_test_cameras(run: Path) -> list[tuple[str, Camera]]:
-    cams = read_json(run / "cameras.json", "the run's cameras")
-    return [(c["name"], camera_from_record(c)) for c in cams.get("cameras", []) if c.get("split") == "test"]
+    return run_cameras(run, "test")
 
 
 def ground_truth_views(run: Path, scene_record: dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon import runs
 from recon.errors import ReconError, SceneError
-from recon.types import Camera, Gaussians
+from recon.types import Gaussians
 from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
@@ -37,49 +37,13 @@ def _default_read_ply(path: Path) -> Gaussians:
     return read_ply(path)
 
 
-def _camera_from_entry(entry: dict, where: str) -> Camera:
-    try:
-        K = torch.tensor(entry["K"], dtype=torch.float32)
-        T = torch.tensor(entry["T_cam_world"], dtype=torch.float32)
-        width, height = int(entry["width"]), int(entry["height"])
-    except KeyError as exc:
-        raise SceneError(f"{where}: camera entry lacks key {exc.args[0]!r}; "
-                         "expected name, split, K, T_cam_world, width, height") from exc
-    except (TypeError, ValueError) as exc:
-        raise SceneError(f"{where}: camera entry has a malformed value ({exc})") from exc
-    if K.shape != (3, 3) or T.shape != (4, 4):
-        raise SceneError(f"{where}: K must be 3x3 and T_cam_world 4x4, got "
-                         f"{tuple(K.shape)} and {tuple(T.shape)}")
-    distortion = entry.get("distortion")
-    return Camera(K=K, T_cam_world=T, width=width, height=height,
-                  distortion=torch.tensor(distortion, dtype=torch.float32) if distortion else None)
-
-
 def read_cameras_json(path: Path) -> CameraSet:
-    """cameras.json -> train and test cameras. Accepts a list of entries carrying a
-    ``split`` key, or an object with ``train``/``test`` lists (or a ``cameras`` list)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise SceneError(f"{path}: not valid JSON ({exc}); re-export the run or delete the file") from exc
-    if isinstance(data, dict) and "cameras" in data:
-        data = data["cameras"]
-    if isinstance(data, dict):
-        entries = [dict(e, split=split) for split in ("train", "test") for e in data.get(split, [])]
-    elif isinstance(data, list):
-        entries = data
-    else:
-        raise SceneError(f"{path}: expected a list of cameras or {{'train': [...], 'test': [...]}}")
-    out: dict[str, list] = {"train": [], "test": []}
-    names: dict[str, list] = {"train": [], "test": []}
-    for i, entry in enumerate(entries):
-        split = str(entry.get("split", "train"))
-        if split not in out:
-            continue  # e.g. "val": not shown
-        out[split].append(_camera_from_entry(entry, f"{path} camera {i}"))
-        names[split].append(str(entry.get("name", f"{split}_{i:03d}")))
-    return CameraSet(train=tuple(out["train"]), train_names=tuple(names["train"]),
-                     test=tuple(out["test"]), test_names=tuple(names["test"]))
+    """cameras.json -> the train and test cameras the viewer shows (other splits hidden)."""
+    cams = runs.read_cameras_json(path)
+    train = [c for c in cams if c.split == "train"]
+    test = [c for c in cams if c.split == "test"]
+    return CameraSet(train=tuple(c.camera for c in train), train_names=tuple(c.name for c in train),
+                     test=tuple(c.camera for c in test), test_names=tuple(c.name for c in test))
 
 
 def _thumbnails(run_dir: Path, names: tuple[str, ...]) -> tuple:
