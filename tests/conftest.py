@@ -13,25 +13,39 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECON_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def _missing(message: str) -> None:
+    """Skip on a user's clone; fail under CI=true, where ../shared/data is always there."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; CI=true requires it")
+    pytest.skip(message)
+
+
 def shared_scene(name: str) -> Path:
     """Path of ../shared/data/<name>; skip (or fail under CI) when absent."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        message = f"real scene {path} not found (tests read ../shared/data beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
+        _missing(f"real scene {path} not found (tests read ../shared/data beside the repository)")
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        message = f"{SHARED_DATA} not found"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
+        _missing(f"{SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Small tensors gain nothing from threads, and on a shared busy machine intra-op
+    threads spin against each other (several times slower); restored afterwards.
+    Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -18,14 +18,7 @@ from recon.priors.depth import DepthMap, DepthPrior, image_hash, load_depth_prio
 _MEAN, _STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared busy machine intra-op
-    threads spin against each other (several times slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _processor(size: int, keep_aspect: bool):

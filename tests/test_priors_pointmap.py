@@ -19,14 +19,7 @@ from recon.priors.pointmap_align import estimate_focal
 H, W, FOCAL = 20, 28, 24.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared busy machine intra-op
-    threads spin against each other (several times slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _rig(n_views: int, seed: int = 0):

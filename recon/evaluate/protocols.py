@@ -46,6 +46,25 @@ DTU_TRAIN_IDS = (25, 22, 28)
 # DietNeRF / FreeNeRF 8-view Blender training ids.
 BLENDER8_TRAIN_IDS = (26, 86, 2, 55, 75, 93, 16, 73)
 
+
+def _spare_suite(track: int, n_views: int) -> Suite:
+    """SpaRe Track 1 (3 views) and Track 2 (9 views) differ only in track and view count."""
+    return Suite(
+        name=f"spare{n_views}",
+        scenes=(),
+        protocol="spare",
+        n_views=n_views,
+        train_views=f"Track {track}: the {n_views} input_views of Track{track}_split_{{development,test}}.json",
+        test_views="the 10 test_views of the split JSON (view i is camera i+1), lighting 3",
+        resolution="1600x1200 (full resolution)",
+        masks="object masks of the test views when present (PSNR-M, SSIM-M/LPIPS-M in the tight box)",
+        metric_style="spare",
+        lpips_net="alex",
+        discover=True,
+        extra={"track": track},
+    )
+
+
 SUITES: dict[str, Suite] = {
     "llff3": Suite(
         name="llff3",
@@ -82,34 +101,8 @@ SUITES: dict[str, Suite] = {
         masks="none (RGBA composited on white)",
         metric_style=None,
     ),
-    "spare3": Suite(
-        name="spare3",
-        scenes=(),
-        protocol="spare",
-        n_views=3,
-        train_views="Track 1: the 3 input_views of Track1_split_{development,test}.json",
-        test_views="the 10 test_views of the split JSON (view i is camera i+1), lighting 3",
-        resolution="1600x1200 (full resolution)",
-        masks="object masks of the test views when present (PSNR-M, SSIM-M/LPIPS-M in the tight box)",
-        metric_style="spare",
-        lpips_net="alex",
-        discover=True,
-        extra={"track": 1},
-    ),
-    "spare9": Suite(
-        name="spare9",
-        scenes=(),
-        protocol="spare",
-        n_views=9,
-        train_views="Track 2: the 9 input_views of Track2_split_{development,test}.json",
-        test_views="the 10 test_views of the split JSON (view i is camera i+1), lighting 3",
-        resolution="1600x1200 (full resolution)",
-        masks="object masks of the test views when present (PSNR-M, SSIM-M/LPIPS-M in the tight box)",
-        metric_style="spare",
-        lpips_net="alex",
-        discover=True,
-        extra={"track": 2},
-    ),
+    "spare3": _spare_suite(track=1, n_views=3),
+    "spare9": _spare_suite(track=2, n_views=9),
 }
 
 # The in-house baseline that every bench table carries: plain 3DGS from random points,
