@@ -8,8 +8,14 @@ Quaternions are (w, x, y, z).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from recon.types import Camera
 
 # Flips camera y and z: OpenGL camera axes <-> OpenCV camera axes.
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
@@ -112,3 +118,28 @@ def umeyama(src: Tensor, dst: Tensor, with_scale: bool = True) -> tuple[float, T
     s = float((S * D.diagonal()).sum() / var_s) if with_scale else 1.0
     t = mu_d - s * R @ mu_s
     return s, R, t
+
+
+def viewed_ball(cameras: "Sequence[Camera]") -> tuple[Tensor, float]:
+    """(centre [3], radius) of the region the cameras look at, from the cameras alone:
+    the least-squares meeting point of the optical axes when they converge (object-centric
+    captures), else a point ahead of the cameras (forward-facing captures)."""
+    centres = torch.stack([c.centre.float() for c in cameras])  # [V, 3]
+    axes = torch.stack([c.T_cam_world[2, :3].float() for c in cameras])  # [V, 3] optical axes
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
+    A = torch.zeros(3, 3)
+    b = torch.zeros(3)
+    for c, a in zip(centres, axes):
+        P = torch.eye(3) - torch.outer(a, a)  # projects onto the plane normal to the axis
+        A += P
+        b += P @ c
+    centre = None
+    if len(cameras) >= 2 and torch.linalg.cond(A) < 1e3:
+        centre = torch.linalg.solve(A, b)
+        if bool((((centre - centres) * axes).sum(-1) <= 0).any()):  # behind a camera: not a meeting point
+            centre = None
+    if centre is None:
+        centre = centres.mean(0) + axes.mean(0) * 4 * spread
+    radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
+    return centre, radius

@@ -293,7 +293,10 @@ void raster_backward_tiles(const TileParams& p, const T* means2d, const T* conic
     T* __restrict vd = vb + P;
     T* __restrict va = vd + P;
     T* __restrict last = va + P;  // entries blended in forward, as T (one lane width)
-#pragma omp for schedule(dynamic, 1)
+    // Static round-robin, not dynamic: which thread sums which tile must not depend on
+    // timing, or the per-thread partial sums (and so the gradients) would differ from run
+    // to run and the same seed would not give the same fit.
+#pragma omp for schedule(static, 1)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t c = job / n_tiles, t = job % n_tiles;
       const int tx0 = int(t % TX) * ts, ty0 = int(t / TX) * ts;

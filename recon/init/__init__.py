@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from recon.geometry import viewed_ball
 from recon.errors import ConfigError
 from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
@@ -34,28 +35,8 @@ class InitResult:
 
 
 def scene_ball(views: "list[View] | tuple[View, ...]") -> tuple[Tensor, float]:
-    """(centre [3], radius) of the region the cameras look at, from the cameras alone:
-    the least-squares meeting point of the optical axes when they converge (object-centric
-    captures), else a point ahead of the cameras (forward-facing captures)."""
-    centres = torch.stack([v.camera.centre.float() for v in views])  # [V, 3]
-    axes = torch.stack([v.camera.T_cam_world[2, :3].float() for v in views])  # [V, 3] optical axes
-    axes = axes / axes.norm(dim=-1, keepdim=True)
-    spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
-    A = torch.zeros(3, 3)
-    b = torch.zeros(3)
-    for c, a in zip(centres, axes):
-        P = torch.eye(3) - torch.outer(a, a)  # projects onto the plane normal to the axis
-        A += P
-        b += P @ c
-    centre = None
-    if len(views) >= 2 and torch.linalg.cond(A) < 1e3:
-        centre = torch.linalg.solve(A, b)
-        if bool((((centre - centres) * axes).sum(-1) <= 0).any()):  # behind a camera: not a meeting point
-            centre = None
-    if centre is None:
-        centre = centres.mean(0) + axes.mean(0) * 4 * spread
-    radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
-    return centre, radius
+    """(centre [3], radius) of the region the cameras look at (see geometry.viewed_ball)."""
+    return viewed_ball([v.camera for v in views])
 
 
 def initialise(

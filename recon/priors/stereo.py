@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
+from recon.geometry import viewed_ball
 from recon.types import View
 
 INVALID_COST = 2.0  # cost of a hypothesis that projects outside a source view (1 - NCC <= 2)
@@ -187,16 +188,20 @@ def _depth_ranges(views: tuple[View, ...], settings: StereoSettings) -> list[tup
 
 
 def _fallback_range(views: tuple[View, ...], v: View) -> tuple[float, float]:
-    """Too few SIFT points: assume the scene lies 1 to 100 camera baselines away."""
-    centres = torch.stack([u.camera.centre.float() for u in views])  # [V, 3]
-    baseline = float(torch.cdist(centres, centres).max())
-    if baseline <= 0:
-        raise ReconError("multi-view stereo needs cameras at distinct positions; all views share one centre")
+    """Too few SIFT points (little texture, or wide baselines): sweep the depths of the
+    region the cameras look at (where their optical axes meet), with a generous margin."""
+    centre, radius = viewed_ball([u.camera for u in views])
+    T = v.camera.T_cam_world.float()
+    depth = float((T[:3, :3] @ centre + T[:3, 3])[2])  # z of the region's centre in this view
+    if depth <= 0:
+        raise ReconError(f"view {v.name}: the cameras do not look at a common region, so multi-view "
+                         "stereo has no depth range; pass depth_range=(near, far) or use init method 'random'")
+    near, far = max(depth - 2.0 * radius, 0.05 * depth), depth + 4.0 * radius
     warnings.warn(
-        f"view {v.name}: too few SIFT points to bound depth; sweeping 1-100 camera baselines "
-        "(pass depth_range=(near, far) for a better range)", RuntimeWarning, stacklevel=3)
-    return (baseline, 100.0 * baseline)
-
+        f"view {v.name}: too few SIFT points to bound depth; sweeping {near:.3g}-{far:.3g} around the "
+        "region the cameras look at (pass depth_range=(near, far) for a better range)",
+        RuntimeWarning, stacklevel=3)
+    return (near, far)
 
 def _pixel_rays(K: Tensor, h: int, w: int) -> Tensor:
     """[3, h*w] camera-space rays with z = 1 through pixel centres (j + 0.5, i + 0.5)."""
