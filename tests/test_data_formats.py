@@ -242,3 +242,22 @@ def test_colmap_points_follow_the_normalisation(scene, tmp_path):
     z = norm.meta["points"].double() @ T[2, :3] + T[2, 3]
     z_raw = raw.meta["points"].double() @ raw.views[0].camera.T_cam_world.double()[2, :3] + raw.views[0].camera.T_cam_world.double()[2, 3]
     assert torch.allclose(z, z_raw * norm.normalisation.scale, rtol=1e-4)
+
+
+def test_farthest_split_never_repeats_a_view_and_spreads_unposed_input():
+    """Coincident camera centres (e.g. unposed photos, all at the identity) must not make
+    farthest-point sampling pick one view three times."""
+    from dataclasses import replace
+
+    from recon.data.splits import select_split
+    from recon.data.synthetic import make_synthetic_scene
+
+    scene = make_synthetic_scene(n_views=6, width=32, height=24)
+    same_place = tuple(replace(v, camera=replace(v.camera, T_cam_world=torch.eye(4))) for v in scene.views)
+    posed_but_coincident = replace(scene, views=same_place)
+    split = select_split(posed_but_coincident, "farthest", 3)
+    assert len(set(split.train)) == 3 and not set(split.train) & set(split.test)
+    unposed = replace(scene, views=same_place, posed=False)
+    split = select_split(unposed, "farthest", 3)
+    assert split.train == (0, 2, 5) or split.train == (0, 3, 5)  # linspace over file order
+    assert "unposed" in split.description

@@ -120,11 +120,22 @@ def farthest_split(scene: Scene, n_views: int | None) -> Split:
     n_views = min(3, n_total) if n_views is None else n_views
     if n_views > n_total:
         raise _too_many(n_views, n_total, "farthest")
+    if not scene.posed:
+        # No camera centres yet (poses are recovered after the split): photos in file
+        # order are usually in capture order, so spread the training views over it.
+        chosen = sorted({round(x) for x in np.linspace(0, n_total - 1, n_views)})
+        test = [i for i in range(n_total) if i not in chosen]
+        return Split(
+            train=tuple(chosen), test=tuple(test), protocol="farthest",
+            description=f"unposed input: {n_views} train views spread by linspace over the files in name "
+                        f"order (no camera centres to sample yet); test = the other {len(test)}",
+        )
     centres = torch.stack([v.camera.centre.double() for v in scene.views])  # [N, 3]
     first = int((centres - centres.mean(0)).norm(dim=-1).argmin())
     chosen = [first]
     dist = (centres - centres[first]).norm(dim=-1)  # [N] distance to the chosen set
     while len(chosen) < n_views:
+        dist[chosen] = -1.0  # never pick a view twice, even when cameras coincide
         nxt = int(dist.argmax())
         chosen.append(nxt)
         dist = torch.minimum(dist, (centres - centres[nxt]).norm(dim=-1))
