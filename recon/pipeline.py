@@ -145,7 +145,9 @@ def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
                               "pass --diffusion-model PATH or set diffusion.enabled=false")
         from recon.priors.diffusion import Img2ImgRefiner
 
-        refiner = Img2ImgRefiner(cfg.diffusion.model, seed=cfg.seed)
+        d = cfg.diffusion
+        refiner = Img2ImgRefiner.from_pretrained(d.model, strength=d.strength, steps=d.steps, prompt=d.prompt,
+                                                 seed=cfg.seed, controlnet_path=d.controlnet)
     return model, priors, refiner
 
 

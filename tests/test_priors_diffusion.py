@@ -210,3 +210,36 @@ def test_video_enhancer_runs_a_tiny_video_to_video_pipeline(tmp_path):
     assert torch.equal(enhancer.enhance(frames), out)  # deterministic with the seed
     with pytest.raises(ReconError, match=r"\[T, H, W, 3\]"):
         enhancer.enhance(torch.rand(3, 20, 28))
+
+
+def test_fit_uses_the_refiner_with_the_configured_settings(tiny_sd, tmp_path, monkeypatch):
+    """Wire-in: `diffusion.*` keys reach the img2img refiner that the fit loads from the
+    local folder, and the refined pseudo views are actually requested during the fit."""
+    from recon import pipeline
+    from recon.optimise.config import load_config
+
+    made, refined = [], []
+    original = Img2ImgRefiner.from_pretrained.__func__
+
+    def spy_from_pretrained(cls, path, **kwargs):
+        made.append((str(path), kwargs))
+        refiner = original(cls, path, **kwargs)
+        real_refine = refiner.refine
+
+        def spy_refine(images, *args, **kw):
+            refined.append(tuple(images.shape))
+            return real_refine(images, *args, **kw)
+
+        refiner.refine = spy_refine
+        return refiner
+
+    monkeypatch.setattr(Img2ImgRefiner, "from_pretrained", classmethod(spy_from_pretrained))
+    cfg = load_config("fast", [
+        "data.width=40", "data.options.n_views=6", "optim.iterations=8", "densify.enabled=false",
+        "depth.enabled=false", "checkpoint_every=100", "threads=1", "diffusion.enabled=true",
+        f"diffusion.model={tiny_sd[0]}", "diffusion.start=2", "diffusion.every=4", "diffusion.num_views=2",
+        "diffusion.strength=0.5", "diffusion.steps=4", "diffusion.prompt=a photo", "pseudo.start=1"])
+    pipeline.fit_scene("builtin:synthetic", out_dir=tmp_path / "run", config=cfg, views=3)
+    assert made and made[0][0] == str(tiny_sd[0])
+    assert made[0][1]["strength"] == 0.5 and made[0][1]["steps"] == 4 and made[0][1]["prompt"] == "a photo"
+    assert refined, "the fit never asked the refiner for pseudo-view targets"

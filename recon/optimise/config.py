@@ -119,6 +119,10 @@ class DiffusionConfig:
     start: int = 1000
     weight: float = 0.1
     num_views: int = 4
+    strength: float = 0.3  # img2img strength: how far the refined target may move from the render
+    steps: int = 20  # scheduler steps (about strength * steps are denoised)
+    prompt: str = ""
+    controlnet: str | None = None  # local ControlNet-tile folder (optional)
 
 
 @dataclass
