@@ -249,7 +249,7 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     log = _LogListener(run / "log.jsonl", cfg.log_every)
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
-                          refine_poses=refine_poses, depth_model=p.depth_model, refiner=p.refiner, run_dir=str(run))
+                          refine_poses=refine_poses, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
         initial = None
         if resume:
             ckpt = latest_checkpoint(run)
@@ -416,3 +416,10 @@ def _training_curve(path: Path, history: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _uncached(depth_model):
+    """The trainer predicts depth on rendered pseudo views, new images every time: caching
+    them would only fill the run's cache folder, so it gets the model without the cache."""
+    without_cache = getattr(depth_model, "without_cache", None)
+    return without_cache() if without_cache is not None else depth_model
