@@ -15,16 +15,9 @@
 namespace recon {
 namespace {
 
-struct TileRange { int x0, x1, y0, y1; };  // [x0, x1) x [y0, y1) in tiles
-
 template <typename T>
 TileRange tile_range(const TileParams& p, T mx, T my, int rx, int ry) {
-  const T ts = T(p.tile_size);
-  auto clampi = [](int v, int hi) { return std::min(std::max(v, 0), hi); };
-  return {clampi(int(std::floor((mx - rx) / ts)), p.tiles_x()),
-          clampi(int(std::ceil((mx + rx) / ts)), p.tiles_x()),
-          clampi(int(std::floor((my - ry) / ts)), p.tiles_y()),
-          clampi(int(std::ceil((my + ry) / ts)), p.tiles_y())};
+  return recon::tile_range(mx, my, rx, ry, p.tile_size, p.tiles_x(), p.tiles_y());
 }
 
 // exp(x) for the blending loops. The float version is a branch-free range reduction plus

@@ -18,6 +18,7 @@
 
 #include "recon/api.h"
 #include "recon/cuda_common.cuh"
+#include "recon/math.h"
 
 namespace recon {
 namespace {
@@ -97,9 +98,8 @@ __global__ void count_tiles_kernel(TileParams p, const float *__restrict__ means
         tiles_per_gaussian[i] = 0;
         return;
     }
-    const cuda::TileRect r =
-        cuda::tile_rect(means2d[2 * i], means2d[2 * i + 1], rx, ry, p.tile_size,
-                        cuda::tiles_along(p.width, p.tile_size), cuda::tiles_along(p.height, p.tile_size));
+    const TileRange r = tile_range(means2d[2 * i], means2d[2 * i + 1], rx, ry, p.tile_size,
+                                   tiles_along(p.width, p.tile_size), tiles_along(p.height, p.tile_size));
     tiles_per_gaussian[i] = (r.x1 - r.x0) * (r.y1 - r.y0);
 }
 
@@ -113,10 +113,9 @@ __global__ void emit_keys_kernel(TileParams p, const float *__restrict__ means2d
     if (i >= int64_t(p.C) * p.N) return;
     const int rx = radii[2 * i], ry = radii[2 * i + 1];
     if (rx <= 0 || ry <= 0) return;
-    const int tiles_x = cuda::tiles_along(p.width, p.tile_size);
-    const int tiles_y = cuda::tiles_along(p.height, p.tile_size);
-    const cuda::TileRect r = cuda::tile_rect(means2d[2 * i], means2d[2 * i + 1], rx, ry,
-                                             p.tile_size, tiles_x, tiles_y);
+    const int tiles_x = tiles_along(p.width, p.tile_size);
+    const int tiles_y = tiles_along(p.height, p.tile_size);
+    const TileRange r = tile_range(means2d[2 * i], means2d[2 * i + 1], rx, ry, p.tile_size, tiles_x, tiles_y);
     const int c = int(i / p.N);
     const int32_t n = int32_t(i - int64_t(c) * p.N);
     const uint64_t camera_base = uint64_t(c) * uint64_t(tiles_x) * uint64_t(tiles_y);

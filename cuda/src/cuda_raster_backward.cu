@@ -119,11 +119,8 @@ __global__ void __launch_bounds__(TS *TS) raster_backward_kernel(
             const int32_t n = flat_ids[k];
             const int64_t g = base + n;
             s_id[tid] = n;
-            s_xy[tid] = make_float2(means2d[2 * g], means2d[2 * g + 1]);
-            s_conic_opacity[tid] =
-                make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g]);
-            s_color_depth[tid] =
-                make_float4(colors[3 * g], colors[3 * g + 1], colors[3 * g + 2], depths[g]);
+            cuda::stage_gaussian(g, means2d, conics, colors, opacities, depths, s_xy[tid],
+                                 s_conic_opacity[tid], s_color_depth[tid]);
         }
         __syncthreads();
         // Skip the slots behind everything this warp visited (warp-uniform bound).
@@ -165,7 +162,7 @@ void launch(const TileParams &p, const float *means2d, const float *conics, cons
             const float *v_rgb, const float *v_depth_sum, const float *v_alpha, float *v_means2d,
             float *v_conics, float *v_colors, float *v_opacities, float *v_depths,
             cudaStream_t stream) {
-    const dim3 grid(cuda::tiles_along(p.width, TS), cuda::tiles_along(p.height, TS), p.C);
+    const dim3 grid(tiles_along(p.width, TS), tiles_along(p.height, TS), p.C);
     raster_backward_kernel<TS><<<grid, dim3(TS, TS), 0, stream>>>(
         p, means2d, conics, colors, opacities, depths, tile_offsets, flat_ids, alpha, n_contrib,
         v_rgb, v_depth_sum, v_alpha, v_means2d, v_conics, v_colors, v_opacities, v_depths);

@@ -51,11 +51,8 @@ __global__ void __launch_bounds__(TS *TS)
         const int64_t k = batch + tid;
         if (k < end) {
             const int64_t g = base + flat_ids[k];
-            s_xy[tid] = make_float2(means2d[2 * g], means2d[2 * g + 1]);
-            s_conic_opacity[tid] =
-                make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g]);
-            s_color_depth[tid] =
-                make_float4(colors[3 * g], colors[3 * g + 1], colors[3 * g + 2], depths[g]);
+            cuda::stage_gaussian(g, means2d, conics, colors, opacities, depths, s_xy[tid],
+                                 s_conic_opacity[tid], s_color_depth[tid]);
         }
         __syncthreads();
         const int count = int(min(int64_t(kBatch), end - batch));
@@ -96,7 +93,7 @@ void launch(const TileParams &p, const float *means2d, const float *conics, cons
             const float *opacities, const float *depths, const int64_t *tile_offsets,
             const int32_t *flat_ids, float *rgb, float *depth_sum, float *alpha,
             int32_t *n_contrib, cudaStream_t stream) {
-    const dim3 grid(cuda::tiles_along(p.width, TS), cuda::tiles_along(p.height, TS), p.C);
+    const dim3 grid(tiles_along(p.width, TS), tiles_along(p.height, TS), p.C);
     raster_forward_kernel<TS><<<grid, dim3(TS, TS), 0, stream>>>(
         p, means2d, conics, colors, opacities, depths, tile_offsets, flat_ids, rgb, depth_sum,
         alpha, n_contrib);

@@ -63,27 +63,20 @@ __device__ __forceinline__ int warp_max(int value) {
     return value;
 }
 
-// TileParams::tiles_x()/tiles_y() are host-only (api.h is plain C++): the device twin.
-__host__ __device__ __forceinline__ int tiles_along(int pixels, int tile_size) {
-    return (pixels + tile_size - 1) / tile_size;
+// Loads Gaussian g's blending inputs into one shared-memory slot: the forward and backward
+// raster kernels stage batches of the same three packed values.
+__device__ __forceinline__ void stage_gaussian(int64_t g, const float *__restrict__ means2d,
+                                               const float *__restrict__ conics,
+                                               const float *__restrict__ colors,
+                                               const float *__restrict__ opacities,
+                                               const float *__restrict__ depths, float2 &xy,
+                                               float4 &conic_opacity, float4 &color_depth) {
+    xy = make_float2(means2d[2 * g], means2d[2 * g + 1]);
+    conic_opacity = make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g]);
+    color_depth = make_float4(colors[3 * g], colors[3 * g + 1], colors[3 * g + 2], depths[g]);
 }
 
-// Tiles [x0, x1) x [y0, y1) touched by the bounding box of a Gaussian at (mx, my) with
-// pixel half extents (rx, ry). The same formula as the CPU backend's tile_range (cpu_raster.cpp),
-// so both backends bin identically; count_tiles and bin_and_sort must agree exactly.
-struct TileRect {
-    int x0, x1, y0, y1;
-};
-
-__device__ __forceinline__ TileRect tile_rect(float mx, float my, int rx, int ry, int tile_size,
-                                              int tiles_x, int tiles_y) {
-    const float ts = float(tile_size);
-    auto clampi = [](int v, int hi) { return min(max(v, 0), hi); };
-    return {clampi(int(floorf((mx - float(rx)) / ts)), tiles_x),
-            clampi(int(ceilf((mx + float(rx)) / ts)), tiles_x),
-            clampi(int(floorf((my - float(ry)) / ts)), tiles_y),
-            clampi(int(ceilf((my + float(ry)) / ts)), tiles_y)};
-}
+// tiles_along and tile_range (shared with the CPU backend) live in recon/math.h.
 
 }  // namespace cuda
 }  // namespace recon

@@ -445,4 +445,24 @@ RECON_HD void camera_centre_vjp(const Mat3<T>& R, const Vec3<T>& t, const Vec3<T
   v_t.x -= vt.x; v_t.y -= vt.y; v_t.z -= vt.z;
 }
 
+// ---------------------------------------------------------------- tile binning
+// One formula for both backends: count_tiles and bin_and_sort (CPU and CUDA) must agree
+// exactly on which tiles a Gaussian touches, or lists and counts would disagree.
+
+RECON_HD int tiles_along(int pixels, int tile_size) { return (pixels + tile_size - 1) / tile_size; }
+
+struct TileRange { int x0, x1, y0, y1; };  // [x0, x1) x [y0, y1) in tiles
+
+RECON_HD int clamp_tile(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+
+// Tiles touched by the bounding box of a Gaussian at (mx, my) with pixel half extents (rx, ry).
+template <typename T>
+RECON_HD TileRange tile_range(T mx, T my, int rx, int ry, int tile_size, int tiles_x, int tiles_y) {
+  const T ts = T(tile_size);
+  return {clamp_tile(int(std::floor((mx - T(rx)) / ts)), tiles_x),
+          clamp_tile(int(std::ceil((mx + T(rx)) / ts)), tiles_x),
+          clamp_tile(int(std::floor((my - T(ry)) / ts)), tiles_y),
+          clamp_tile(int(std::ceil((my + T(ry)) / ts)), tiles_y)};
+}
+
 }  // namespace recon
