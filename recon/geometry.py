@@ -1,4 +1,6 @@
-"""Pose and rotation conventions, pure torch.
+"""Pose, rotation and pinhole-camera conventions, pure torch: the one home of pose
+conversions, the pose exponentials, pixel projection/unprojection and the point where
+camera axes meet.
 
 ``T_a_b`` maps coordinates in frame b to frame a: ``x_a = T_a_b @ x_b``. Cameras use
 OpenCV axes (x right, y down, z forward). OpenGL/Blender/LLFF cameras use x right, y up,
@@ -120,7 +122,94 @@ def umeyama(src: Tensor, dst: Tensor, with_scale: bool = True) -> tuple[float, T
     return s, R, t
 
 
-def viewed_ball(cameras: "Sequence[Camera]") -> tuple[Tensor, float]:
+# ---------------------------------------------------------------- pose exponentials
+
+
+def skew(w: Tensor) -> Tensor:
+    """[..., 3] -> [..., 3, 3] cross-product matrix: ``skew(w) @ x == cross(w, x)``."""
+    z = torch.zeros_like(w[..., 0])
+    return torch.stack([z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z],
+                       -1).reshape(*w.shape[:-1], 3, 3)
+
+
+def so3_exp(w: Tensor) -> Tensor:
+    """Axis-angle [..., 3] (direction = axis, norm = angle in radians) -> rotation [..., 3, 3]."""
+    return torch.linalg.matrix_exp(skew(w))
+
+
+def se3_exp(xi: Tensor) -> Tensor:
+    """Twist [..., 6] (rotation omega, then translation v) -> rigid transform [..., 4, 4], the
+    matrix exponential of [[skew(omega), v], [0, 0]]. Pose corrections are left-multiplied:
+    ``T = se3_exp(xi) @ T_init``; ``xi = 0`` is the identity and the rotation block equals
+    ``so3_exp(omega)``."""
+    hat = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
+    hat[..., :3, :3] = skew(xi[..., :3])
+    hat[..., :3, 3] = xi[..., 3:]
+    return torch.linalg.matrix_exp(hat)
+
+
+# ---------------------------------------------------------------- pinhole projection
+# Column layout: points and rays are [..., 3, N] (one column per point) so a pose applies
+# as ``R @ X + t[:, None]``; pixel coordinates follow types.py (pixel centres at +0.5).
+
+
+def world_to_camera(T_cam_world: Tensor, points_world: Tensor) -> Tensor:
+    """points [N, 3] in the world -> [N, 3] in the camera frame of ``T_cam_world`` [4, 4]."""
+    return points_world @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+
+
+def project(K: Tensor, points_cam: Tensor, min_depth: float = 1e-9) -> tuple[Tensor, Tensor]:
+    """Camera-frame points [..., 3, N] -> (pixel coordinates [..., 2, N], z-depth [..., N]).
+    Depths are clamped to ``min_depth`` in the division only: callers test ``z`` to drop
+    points behind the camera."""
+    z = points_cam[..., 2, :]
+    uv = (K @ points_cam)[..., :2, :] / z.clamp_min(min_depth).unsqueeze(-2)  # [..., 2, N]
+    return uv, z
+
+
+def unproject(K: Tensor, uv: Tensor, depth: Tensor | None = None) -> Tensor:
+    """Pixel coordinates [2, N] (and z-depths [N]) -> camera-frame points [3, N]; without
+    ``depth``, the rays through the pixels with z = 1. Solves ``K x = (u, v, 1)`` rather than
+    dividing by the focal lengths, so any K (skew included) is inverted exactly."""
+    rays = torch.linalg.solve(K, torch.cat([uv, torch.ones_like(uv[:1])]))  # [3, N]
+    return rays if depth is None else rays * depth
+
+
+def pixel_centres(height: int, width: int, device=None, dtype: torch.dtype | None = None) -> Tensor:
+    """[2, H*W] (u, v) of every pixel centre, row-major (pixel (i, j) -> (j + 0.5, i + 0.5))."""
+    dtype = dtype or torch.get_default_dtype()
+    v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype) + 0.5,
+                          torch.arange(width, device=device, dtype=dtype) + 0.5, indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1)])
+
+
+def pixel_rays(K: Tensor, height: int, width: int) -> Tensor:
+    """[3, H*W] camera-frame rays with z = 1 through every pixel centre, row-major."""
+    return unproject(K, pixel_centres(height, width, device=K.device, dtype=K.dtype))
+
+
+def unproject_depth(K: Tensor, T_cam_world: Tensor, depth: Tensor) -> Tensor:
+    """z-depth map [H, W] (0 = unknown) -> world points [M, 3] of its valid pixels, row-major."""
+    h, w = depth.shape
+    valid = depth.reshape(-1) > 0  # [HW]
+    X_cam = pixel_rays(K, h, w)[:, valid] * depth.reshape(-1)[valid]  # [3, M]
+    T_world_cam = torch.linalg.inv(T_cam_world)
+    return (T_world_cam[:3, :3] @ X_cam + T_world_cam[:3, 3:]).T  # [M, 3]
+
+
+def zbuffer_depth(points_world: Tensor, camera: Camera, near: float = 1e-3) -> Tensor:
+    """Points [M, 3] splatted into ``camera`` with a z-buffer: [H, W] z-depth of the nearest
+    point per pixel, 0 where none lands (the sparse-depth convention of types.py)."""
+    p = world_to_camera(camera.T_cam_world, points_world)  # [M, 3]
+    uv, z = project(camera.K, p.T, min_depth=1e-6)  # [2, M], [M]
+    u, v = uv[0].floor().long(), uv[1].floor().long()
+    ok = (z > near) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
+    flat = torch.full((camera.height * camera.width,), float("inf"), dtype=points_world.dtype)
+    flat = flat.scatter_reduce(0, v[ok] * camera.width + u[ok], z[ok], "amin")
+    return torch.where(torch.isfinite(flat), flat, 0.0).reshape(camera.height, camera.width)
+
+
+def viewed_ball(cameras: Sequence[Camera]) -> tuple[Tensor, float]:
     """(centre [3], radius) of the region the cameras look at, from the cameras alone:
     the least-squares meeting point of the optical axes when they converge (object-centric
     captures), else a point ahead of the cameras (forward-facing captures)."""

@@ -1,13 +1,13 @@
 """One fit, end to end: load scene -> choose split -> recover poses if unposed ->
-initialise -> optimise -> render train/test views -> metrics -> run folder.
+initialise -> optimise -> render train/test views -> score -> run folder.
 
-The run folder layout is described in docs/ARCHITECTURE.md. This module owns the files;
-the trainer only emits events and hands its state to ``checkpoint_fn``.
+This module calls the stages and decides what the run folder records; the files are
+written by ``recon.export.run_outputs`` (layout in docs/ARCHITECTURE.md). The trainer only
+emits events and hands its state to ``checkpoint_fn``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -19,40 +19,13 @@ import torch
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
+from recon.export import run_outputs
+from recon.geometry import unproject_depth
 from recon.optimise.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from recon.optimise.config import FitConfig, from_dict, load_config
 from recon.optimise.events import FitControl, FitFinished, FitListener
 from recon.optimise.trainer import TrainData, Trainer
 from recon.types import Camera, Gaussians, Scene, Split, View
-from recon.runs import NamedCamera, write_cameras_json
-
-# Metric style (masked variants) of each protocol; None = plain full-image metrics.
-_METRIC_STYLE = {"dtu": "dtu", "spare": "spare"}
-
-
-class _LogListener:
-    """Appends each logged step to log.jsonl (flushed, so a killed run keeps its log)."""
-
-    def __init__(self, path: Path, every: int):
-        self.file = open(path, "a", encoding="utf-8")
-        self.every = every
-
-    def on_start(self, event) -> None:
-        self.file.write(json.dumps({"event": "start", "total_iterations": event.total_iterations}) + "\n")
-
-    def on_step(self, event) -> None:
-        if event.iteration % self.every == 0 or event.iteration == event.total_iterations:
-            self.file.write(json.dumps({"iteration": event.iteration, "loss": event.loss, "psnr": event.psnr,
-                                        "num_gaussians": event.num_gaussians, "seconds": round(event.seconds, 3)}) + "\n")
-            self.file.flush()
-
-    def on_finish(self, event) -> None:
-        self.file.write(json.dumps({"event": "finish", "iteration": event.iteration}) + "\n")
-        self.close()
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
 
 
 def _resolve_config(config: FitConfig | str | Path | None) -> FitConfig:
@@ -113,14 +86,7 @@ def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
 
 def _unproject(views: list[View], depths: list[Tensor]) -> Tensor:
     """Valid MVS depth pixels -> world points [M, 3] (reprojected into pseudo views)."""
-    out = []
-    for v, d in zip(views, depths):
-        ys, xs = torch.nonzero(d > 0, as_tuple=True)
-        z = d[ys, xs]
-        K = v.camera.K
-        rays = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(z)], -1)
-        T = v.camera.T_world_cam
-        out.append((rays * z[:, None]) @ T[:3, :3].T + T[:3, 3])
+    out = [unproject_depth(v.camera.K, v.camera.T_cam_world, d) for v, d in zip(views, depths)]
     return torch.cat(out) if out else torch.zeros(0, 3)
 
 
@@ -212,17 +178,7 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     scene = _load(spec, cfg)
     split = _split(scene, cfg.data.protocol, cfg.data.views)
     if not scene.posed:
-        from recon.data.common import apply_normalisation, camera_normalisation
-        from recon.priors.sfm import recover_poses
-
-        # Test views join SfM so they can be evaluated; their images only give poses.
-        all_views = list(scene.views)
-        idx = list(split.train) + list(split.test)
-        recovered = list(recover_poses([all_views[i] for i in idx], seed=cfg.seed))
-        norm = camera_normalisation(recovered)  # COLMAP's frame and scale are arbitrary
-        for i, v in zip(idx, recovered):
-            all_views[i] = apply_normalisation(v, norm)
-        scene = replace(scene, views=tuple(all_views), normalisation=norm)
+        scene = _recover_poses(scene, split, cfg)
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
     gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
     depth_model, learned, refiner = _learned_priors(cfg, train, run)
@@ -238,6 +194,22 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner)
 
 
+def _recover_poses(scene: Scene, split: Split, cfg: FitConfig) -> Scene:
+    """Unposed scene -> the same scene with SfM poses, normalised (COLMAP's frame and scale
+    are arbitrary)."""
+    from recon.data.common import apply_normalisation, camera_normalisation
+    from recon.priors.sfm import recover_poses
+
+    # Test views join SfM so they can be evaluated; their images only give poses.
+    all_views = list(scene.views)
+    idx = list(split.train) + list(split.test)
+    recovered = list(recover_poses([all_views[i] for i in idx], seed=cfg.seed))
+    norm = camera_normalisation(recovered)
+    for i, v in zip(idx, recovered):
+        all_views[i] = apply_normalisation(v, norm)
+    return replace(scene, views=tuple(all_views), normalisation=norm)
+
+
 def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
     from recon import render as render_module
 
@@ -246,7 +218,7 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     p = _prepare(spec, run, cfg)
     render_fn = lambda *a, **k: render_module.render(*a, **k)  # noqa: E731  looked up late (tests swap it)
     refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not p.scene.posed)
-    log = _LogListener(run / "log.jsonl", cfg.log_every)
+    log = run_outputs.RunLog(run / "log.jsonl", cfg.log_every)
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
                           refine_poses=refine_poses, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
@@ -260,21 +232,65 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                 trainer.load_state_dict(state)
                 initial = state.get("initial_test")
         if initial is None and p.test:
-            initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer._settings(0))
+            initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer.render_settings(0))
         if not resume:
-            (run / "scene.json").write_text(json.dumps(_scene_record(spec, p.scene, p.split), indent=2))
+            run_outputs.write_scene_json(run, run_outputs.scene_record(spec, p.scene, p.split))
         trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
         result = trainer.run(thumbnails=tuple(v.image for v in p.train), test_names=tuple(v.name for v in p.test),
                              test_cameras=tuple(v.camera for v in p.test))
-        if trainer._finite():  # also after a stop, so `--resume` continues from here
+        if trainer.is_finite():  # also after a stop, so `--resume` continues from here
             trainer.checkpoint_fn(trainer.state_dict())
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
-                                 trainer._settings(trainer.max_sh), initial, time.perf_counter() - t0)
+                                 trainer.render_settings(trainer.max_sh), initial, time.perf_counter() - t0)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
         log.close()
     return run
+
+
+def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
+                   result, render_fn, settings, initial: dict | None, total_seconds: float) -> dict:
+    """Writes the run folder's results (files by recon.export) and returns metrics.json's contents."""
+    from recon.export.ply import write_ply
+
+    g = result.gaussians
+    write_ply(run / "point_cloud.ply", g)
+    run_outputs.render_views(run, "train", g, train, result.cameras, render_fn, settings)
+    preds = run_outputs.render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
+    metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
+                     "iterations": result.iteration, "stopped_early": result.stopped}
+    if test:
+        summary, per_view, impl = _test_metrics(split.protocol, test, preds)
+        metrics.update(test=summary, test_views=per_view, test_initial=initial)
+    else:
+        impl = {}
+        metrics["test"] = None
+        metrics["test_reason"] = "the split has no test views"
+    metrics["protocol"] = {"name": split.protocol, "description": split.description,
+                           "train": [v.name for v in train], "test": [v.name for v in test],
+                           "views": len(train), "resolution": [train[0].width, train[0].height],
+                           "metrics": impl, "posed": scene.posed}
+    metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
+                   peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
+                   train_final=result.history[-1] if result.history else None)
+    run_outputs.write_metrics_json(run, metrics)
+    run_outputs.write_run_cameras(run, train, result.cameras, test)
+    run_outputs.training_curve(run / "training_curve.png", result.history)
+    return metrics
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (ru_maxrss is KiB on Linux)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# ---- scoring -----------------------------------------------------------------------------
+# How a fit scores itself. Kept apart from the orchestration above: it is to be replaced by
+# the one scorer in recon/evaluate/ that `recon eval` uses too.
+
+# Metric style (masked variants) of each protocol; None = plain full-image metrics.
+_METRIC_STYLE = {"dtu": "dtu", "spare": "spare"}
 
 
 def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) -> dict:
@@ -286,62 +302,6 @@ def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) ->
             mse = float(((rgb - v.image) ** 2).mean())
             vals.append(-10 * math.log10(max(mse, 1e-12)))
     return {"psnr": sum(vals) / len(vals)}
-
-
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes (ru_maxrss is KiB on Linux)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _scene_record(spec: str, scene: Scene, split: Split) -> dict:
-    return {
-        "scene": spec, "format": scene.format, "root": str(scene.root) if scene.root else None,
-        "posed": scene.posed, "protocol": split.protocol, "split_description": split.description,
-        "train": list(split.train), "test": list(split.test),
-        "train_names": [scene.views[i].name for i in split.train],
-        "test_names": [scene.views[i].name for i in split.test],
-        "normalisation": {"centre": list(scene.normalisation.centre), "scale": scene.normalisation.scale},
-        "image_size": [scene.views[0].width, scene.views[0].height],
-    }
-
-
-# ---- outputs -----------------------------------------------------------------------------
-
-
-def _save_png(path: Path, image: Tensor) -> None:
-    import imageio.v3 as iio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, (image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
-
-
-def _depth_png(depth: Tensor) -> Tensor:
-    """[H, W] z-depth -> [H, W, 3] turbo colour map of inverse depth (near = warm), robust
-    to outliers (2nd-98th percentile); black where nothing was rendered."""
-    import matplotlib
-
-    valid = depth > 0
-    inv = torch.where(valid, 1.0 / depth.clamp_min(1e-6), 0.0)
-    if bool(valid.any()):
-        lo, hi = torch.quantile(inv[valid], torch.tensor([0.02, 0.98])).tolist()
-        t = ((inv - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
-    else:
-        t = torch.zeros_like(depth)
-    rgb = torch.from_numpy(matplotlib.colormaps["turbo"](t.numpy())[..., :3]).float()
-    return rgb * valid[..., None]
-
-
-def _render_views(run: Path, split_name: str, gaussians: Gaussians, views: list[View], cameras: list[Camera],
-                  render_fn, settings) -> list[Tensor]:
-    out = []
-    with torch.no_grad():
-        for v, cam in zip(views, cameras):
-            r = render_fn(gaussians, [cam], settings)
-            rgb = r.rgb[0].clamp(0, 1)  # [H, W, 3]
-            _save_png(run / "renders" / split_name / f"{v.name}.png", rgb)
-            _save_png(run / "renders" / "depth" / f"{split_name}_{v.name}.png", _depth_png(r.depth[0]))
-            out.append(rgb)
-    return out
 
 
 def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple[dict, list[dict], dict]:
@@ -362,60 +322,7 @@ def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple
     return summary, per_view, impl
 
 
-def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
-                   result, render_fn, settings, initial: dict | None, total_seconds: float) -> dict:
-    from recon.export.ply import write_ply
-
-    g = result.gaussians
-    write_ply(run / "point_cloud.ply", g)
-    _render_views(run, "train", g, train, result.cameras, render_fn, settings)
-    preds = _render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
-    metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
-                     "iterations": result.iteration, "stopped_early": result.stopped}
-    if test:
-        summary, per_view, impl = _test_metrics(split.protocol, test, preds)
-        metrics.update(test=summary, test_views=per_view, test_initial=initial)
-    else:
-        impl = {}
-        metrics["test"] = None
-        metrics["test_reason"] = "the split has no test views"
-    metrics["protocol"] = {"name": split.protocol, "description": split.description,
-                           "train": [v.name for v in train], "test": [v.name for v in test],
-                           "views": len(train), "resolution": [train[0].width, train[0].height],
-                           "metrics": impl, "posed": scene.posed}
-    metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
-                   peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
-                   train_final=result.history[-1] if result.history else None)
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    write_cameras_json(run / "cameras.json",
-                       [NamedCamera(v.name, "train", c) for v, c in zip(train, result.cameras)]
-                       + [NamedCamera(v.name, "test", v.camera) for v in test])
-    _training_curve(run / "training_curve.png", result.history)
-    return metrics
-
-
-def _training_curve(path: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    its = [h["iteration"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(its, [h["loss"] for h in history])
-    axes[0].set_yscale("log")
-    axes[0].set_title("loss")
-    axes[1].plot(its, [h["psnr"] for h in history])
-    axes[1].set_title("train PSNR (dB)")
-    axes[2].plot(its, [h["num_gaussians"] for h in history])
-    axes[2].set_title("Gaussians")
-    for ax in axes:
-        ax.set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+# ---- helpers -----------------------------------------------------------------------------
 
 
 def _uncached(depth_model):

@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 
 from recon.errors import ReconError
 from recon.evaluate.align import (
-    _se3_exp,
     align_centres,
     map_camera_to_reconstruction,
     pose_errors,
     refine_test_pose,
 )
-from recon.geometry import invert_pose, look_at, make_pose, quat_to_rotmat
+from recon.geometry import invert_pose, look_at, make_pose, quat_to_rotmat, se3_exp
 from recon.types import Camera, Gaussians, RenderSettings
 
 
@@ -76,7 +75,7 @@ def test_degenerate_inputs_raise():
 
 
 def test_se3_exp_is_rigid():
-    T = _se3_exp(torch.tensor([0.1, -0.2, 0.3, 1.0, 2.0, -0.5]))
+    T = se3_exp(torch.tensor([0.1, -0.2, 0.3, 1.0, 2.0, -0.5]))
     assert torch.allclose(T[:3, :3] @ T[:3, :3].T, torch.eye(3), atol=1e-5)
     assert torch.allclose(T[3], torch.tensor([0.0, 0.0, 0.0, 1.0]))
 
@@ -103,7 +102,7 @@ def test_photometric_refinement_reduces_error():
     cam = _ring(1, radius=4.0, width=32, height=24)[0]
     settings_ = RenderSettings(backend="reference")
     target = render(gaussians, [cam], settings_).rgb[0].detach()  # [H, W, 3]
-    perturbed = replace(cam, T_cam_world=_se3_exp(torch.tensor([0.02, -0.015, 0.01, 0.08, -0.05, 0.0])) @ cam.T_cam_world)
+    perturbed = replace(cam, T_cam_world=se3_exp(torch.tensor([0.02, -0.015, 0.01, 0.08, -0.05, 0.0])) @ cam.T_cam_world)
     refined, record = refine_test_pose(gaussians, perturbed, target, steps=25, lr=8e-3, settings=settings_)
     assert record["l1_after"] < 0.6 * record["l1_before"]
     before = (perturbed.centre - cam.centre).norm()

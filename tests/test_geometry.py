@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon.geometry import (
-    invert_pose, is_rotation, look_at, make_pose, opengl_to_opencv, quat_to_rotmat,
-    rotmat_to_quat, umeyama,
+    invert_pose, is_rotation, look_at, make_pose, opengl_to_opencv, pixel_centres, project, quat_to_rotmat,
+    rotmat_to_quat, se3_exp, so3_exp, umeyama, unproject_depth, world_to_camera, zbuffer_depth,
 )
 
 floats = st.floats(-1.0, 1.0, allow_nan=False, width=32)
@@ -62,3 +62,41 @@ def test_umeyama_recovers_similarity():
     assert abs(s - 2.5) < 1e-9
     assert torch.allclose(R2, R, atol=1e-9)
     assert torch.allclose(t, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), atol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-1.0, 1.0), min_size=6, max_size=6))
+def test_se3_exp_is_rigid_with_the_so3_rotation_block(xi):
+    xi = torch.tensor(xi, dtype=torch.float64)
+    T = se3_exp(xi)
+    assert is_rotation(T[:3, :3], atol=1e-9)
+    torch.testing.assert_close(T[:3, :3], so3_exp(xi[:3]))
+    torch.testing.assert_close(T[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(se3_exp(torch.zeros(6)), torch.eye(4))
+    w = xi[:3]  # exp(skew(w)) rotates about w by |w|: w itself is fixed
+    torch.testing.assert_close(so3_exp(w) @ w, w)
+
+
+def test_unproject_depth_then_project_returns_the_pixel_centres():
+    K = torch.tensor([[50.0, 0.3, 16.5], [0.0, 55.0, 11.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    T = look_at(torch.tensor([0.5, -2.0, 0.3]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0])).double()
+    depth = torch.rand(24, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 1.0
+    depth[3, 4] = 0.0  # unknown pixels are skipped
+    pts = unproject_depth(K, T, depth)  # [M, 3]
+    assert pts.shape == (24 * 32 - 1, 3)
+    uv, z = project(K, world_to_camera(T, pts).T)
+    keep = (depth > 0).reshape(-1)
+    torch.testing.assert_close(uv, pixel_centres(24, 32, dtype=torch.float64)[:, keep])
+    torch.testing.assert_close(z, depth.reshape(-1)[keep])
+
+
+def test_zbuffer_depth_keeps_the_nearest_point_per_pixel():
+    from recon.types import Camera
+
+    cam = Camera(torch.tensor([[10.0, 0, 4.0], [0, 10.0, 3.0], [0, 0, 1.0]]), torch.eye(4), 8, 6)
+    pts = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 1.0], [0.15, 0.05, 1.0], [0.0, 0.0, -1.0], [9.0, 0.0, 1.0]])
+    d = zbuffer_depth(pts, cam)
+    expected = torch.zeros(6, 8)
+    expected[3, 4] = 1.0  # nearer of the two on the axis
+    expected[3, 5] = 1.0  # (0.15, 0.05, 1) lands at u = 5.5, v = 3.5
+    torch.testing.assert_close(d, expected)  # behind the camera and off-image points are dropped

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from recon.errors import ReconError
-from recon.geometry import make_pose, umeyama
+from recon.geometry import make_pose, se3_exp, umeyama
 from recon.types import Camera, Gaussians, RenderSettings
 
 
@@ -85,19 +85,6 @@ def pose_errors(est: list[Camera], gt: list[Camera], sim: Similarity) -> dict:
     return {"ate": ate, "rotation_error_deg": sum(rot_errors) / len(rot_errors), "scale": sim.scale}
 
 
-def _se3_exp(xi: Tensor) -> Tensor:
-    """Twist [6] (rotation omega, translation v) -> [4, 4] via the matrix exponential."""
-    w, v = xi[:3], xi[3:]
-    zero = xi.new_zeros(())
-    hat = torch.stack([
-        torch.stack([zero, -w[2], w[1], v[0]]),
-        torch.stack([w[2], zero, -w[0], v[1]]),
-        torch.stack([-w[1], w[0], zero, v[2]]),
-        torch.stack([zero, zero, zero, zero]),
-    ])
-    return torch.linalg.matrix_exp(hat)
-
-
 def refine_test_pose(
     gaussians: Gaussians,
     camera: Camera,
@@ -123,7 +110,7 @@ def refine_test_pose(
     optimiser = torch.optim.Adam([xi], lr=lr)
     losses = []
     for _ in range(max(0, steps)):
-        cam = replace(camera, T_cam_world=_se3_exp(xi) @ T0)
+        cam = replace(camera, T_cam_world=se3_exp(xi) @ T0)
         rgb = render(frozen, [cam], settings).rgb[0]  # [H, W, 3]
         loss = (rgb - target).abs().mean()
         optimiser.zero_grad()
@@ -131,7 +118,7 @@ def refine_test_pose(
         optimiser.step()
         losses.append(float(loss.detach()))
     with torch.no_grad():
-        T = _se3_exp(xi) @ T0
+        T = se3_exp(xi) @ T0
         final = float((render(frozen, [replace(camera, T_cam_world=T)], settings).rgb[0] - target).abs().mean())
     record = {"steps": steps, "l1_before": losses[0] if losses else final, "l1_after": final}
     return replace(camera, T_cam_world=T.detach().cpu()), record

@@ -21,3 +21,13 @@ def sh_degree_at(step: int, interval: int, max_degree: int) -> int:
     if interval <= 0:
         return max_degree
     return min(max_degree, step // interval)
+
+
+def resolution_factor_at(step: int, schedule) -> float:
+    """Image downscale factor at ``step`` from ``optim.resolution_schedule``: pairs
+    (start step, factor), the last pair whose start has been reached wins (1 = full size)."""
+    factor = 1.0
+    for start, f in sorted(schedule):
+        if step >= start:
+            factor = float(f)
+    return factor

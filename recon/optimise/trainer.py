@@ -15,12 +15,14 @@ import torch
 from torch import Tensor
 
 from recon.errors import ReconError
-from recon.geometry import quat_to_rotmat, rotmat_to_quat
+from recon.geometry import se3_exp, zbuffer_depth
 from recon.optimise import losses
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
-from recon.optimise.schedules import exp_decay, sh_degree_at
+from recon.optimise.pseudo_views import interpolated_camera
+from recon.optimise.pyramid import ImagePyramid
+from recon.optimise.schedules import exp_decay, resolution_factor_at, sh_degree_at
 from recon.types import Camera, Gaussians, RenderSettings
 
 # Names of the Gaussian parameters in gsplat's convention (its strategy edits them).
@@ -55,11 +57,6 @@ class TrainResult:
     stopped: bool  # True when a FitControl stopped it early
 
 
-def _skew(w: Tensor) -> Tensor:  # [V, 3] -> [V, 3, 3]
-    z = torch.zeros_like(w[:, 0])
-    return torch.stack([z, -w[:, 2], w[:, 1], w[:, 2], z, -w[:, 0], -w[:, 1], w[:, 0], z], -1).reshape(-1, 3, 3)
-
-
 class Trainer:
     def __init__(
         self,
@@ -92,7 +89,8 @@ class Trainer:
         self.pose_opt = torch.optim.Adam([self.pose_deltas], lr=config.pose.lr, eps=1e-15)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
-        self._levels: dict[float, tuple] = {}  # downscale -> (size, images, depth priors)
+        cam0 = data.cameras[0]
+        self.pyramid = ImagePyramid(data.images, data.depth_priors, cam0.width, cam0.height)
 
     # ---- parameters -------------------------------------------------------------------
     def _make_params(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
@@ -112,50 +110,23 @@ class Trainer:
         p = self.params
         return Gaussians(p["means"], p["scales"], p["quats"], p["opacities"], torch.cat([p["sh0"], p["shN"]], 1))
 
-    def _downscale(self, it: int) -> float:
-        factor = 1.0
-        for start, f in sorted(self.cfg.optim.resolution_schedule):
-            if it >= start:
-                factor = float(f)
-        return factor
-
-    def _level(self, factor: float) -> tuple:
-        """(width, height), images [H', W', 3] and depth priors at 1/factor resolution."""
-        if factor not in self._levels:
-            cam = self.data.cameras[0]
-            size = (max(8, round(cam.width / factor)), max(8, round(cam.height / factor)))
-            if factor == 1.0:
-                self._levels[factor] = (size, self.data.images, self.data.depth_priors)
-            else:
-                import torch.nn.functional as F
-
-                images = [F.interpolate(im.permute(2, 0, 1)[None], size=size[::-1], mode="area")[0].permute(1, 2, 0)
-                          for im in self.data.images]
-                # nearest keeps 0 = unknown intact (no blending of depth with holes)
-                priors = [None if p is None else
-                          (F.interpolate(p[0][None, None], size=size[::-1], mode="nearest")[0, 0], p[1])
-                          for p in self.data.depth_priors]
-                self._levels[factor] = (size, images, priors)
-        return self._levels[factor]
-
     def train_camera(self, v: int, size: tuple[int, int] | None = None) -> Camera:
-        """Training camera v with its refined pose (T = exp(delta_v) @ T_init), at ``size``."""
+        """Training camera v with its refined pose (T = se3_exp(delta_v) @ T_init), at ``size``."""
         cam = self.data.cameras[v]
         if size is not None and size != (cam.width, cam.height):
             cam = cam.scaled(*size)
         if not self.refine_poses or v == 0:  # view 0 fixes the gauge
             return cam
-        d = self.pose_deltas[v : v + 1]  # [1, 6]
-        R = torch.linalg.matrix_exp(_skew(d[:, :3]))[0]  # [3, 3]
-        top = torch.cat([R, d[0, 3:, None]], dim=1)  # [3, 4]
-        T_delta = torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]])], dim=0)  # [4, 4]
+        T_delta = se3_exp(self.pose_deltas[v])  # [4, 4]
         return Camera(cam.K, T_delta @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
 
-    # ---- losses -------------------------------------------------------------------------
-    def _settings(self, sh: int) -> RenderSettings:
+    def render_settings(self, sh: int) -> RenderSettings:
+        """How the fit renders at SH degree ``sh`` (backend, antialiasing, background)."""
         r = self.cfg.render
         return RenderSettings(sh_degree=sh, background=self.data.background, backend=r.backend,
                               antialiased=r.antialiased)
+
+    # ---- losses -------------------------------------------------------------------------
 
     def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float) -> Tensor:
         c = self.cfg.depth
@@ -174,52 +145,24 @@ class Trainer:
         return c.enabled and c.start <= it < c.stop
 
     def _pseudo_camera(self, size: tuple[int, int] | None = None) -> Camera:
-        """A camera between two random training cameras (slerp rotation, lerp centre) with
-        a small position jitter: unseen viewpoints where the depth prior still applies."""
-        V = len(self.data.cameras)
-        i, j = torch.randint(V, (2,), generator=self.generator).tolist()
-        t = float(torch.rand((), generator=self.generator))
-        a, b = self.data.cameras[i], self.data.cameras[j]
-        qa, qb = rotmat_to_quat(a.T_cam_world[:3, :3]), rotmat_to_quat(b.T_cam_world[:3, :3])
-        qb = qb if float((qa * qb).sum()) >= 0 else -qb
-        q = (1 - t) * qa + t * qb  # normalised lerp: the views are close enough for nlerp
-        R = quat_to_rotmat(q / q.norm())  # [3, 3]
-        centre = (1 - t) * a.centre + t * b.centre
-        centre = centre + self.cfg.pseudo.jitter * self.data.scene_scale * torch.randn(3, generator=self.generator)
-        T = torch.eye(4)
-        T[:3, :3] = R
-        T[:3, 3] = -R @ centre
-        cam = Camera(a.K, T, a.width, a.height)
-        return cam if size is None or size == (a.width, a.height) else cam.scaled(*size)
-
-    def _reprojected_depth(self, cam: Camera) -> Tensor | None:
-        """Prior points splatted into ``cam`` with a z-buffer -> sparse depth [H, W]."""
-        pts = self.data.prior_points
-        if pts is None or len(pts) == 0:
-            return None
-        p = pts @ cam.T_cam_world[:3, :3].T + cam.T_cam_world[:3, 3]  # [M, 3]
-        z = p[:, 2]
-        uv = (p[:, :2] / z.clamp_min(1e-6)[:, None]) @ cam.K[:2, :2].T + cam.K[:2, 2]  # [M, 2]
-        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-        ok = (z > 1e-3) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-        flat = torch.full((cam.height * cam.width,), float("inf"))
-        flat = flat.scatter_reduce(0, v[ok] * cam.width + u[ok], z[ok], "amin")
-        return torch.where(torch.isfinite(flat), flat, 0.0).reshape(cam.height, cam.width)
+        return interpolated_camera(self.data.cameras, self.generator, self.cfg.pseudo.jitter * self.data.scene_scale,
+                                   size)
 
     def _pseudo_loss(self, it: int, sh: int, size: tuple[int, int]) -> Tensor | None:
         c = self.cfg.pseudo
         if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
             return None
         cam = self._pseudo_camera(size)
-        out = self.render_fn(self.gaussians(), [cam], self._settings(sh))
+        out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
         depth = out.depth[0]  # [H, W]
         if self.depth_model is not None:
             pred = self.depth_model.predict(out.rgb[0].detach().clamp(0, 1))
             prior, kind = pred.values.to(depth), pred.kind
         else:
-            prior, kind = self._reprojected_depth(cam), "depth"
-            if prior is None:
+            pts = self.data.prior_points
+            if pts is None or len(pts) == 0:
                 return None
+            prior, kind = zbuffer_depth(pts, cam), "depth"  # sparse depth of the prior points
         return self._depth_terms(depth, prior, kind, c.weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
@@ -229,14 +172,14 @@ class Trainer:
         if (it - c.start) % c.every == 0:  # refresh the refined pseudo targets
             cams = [self._pseudo_camera() for _ in range(c.num_views)]
             with torch.no_grad():
-                rgb = self.render_fn(self.gaussians().detach(), cams, self._settings(sh)).rgb
+                rgb = self.render_fn(self.gaussians().detach(), cams, self.render_settings(sh)).rgb
             refined = self.refiner.refine(rgb.clamp(0, 1))  # [B, H, W, 3]
             self.pseudo_targets = list(zip(cams, refined.detach().float()))
         if not self.pseudo_targets:
             return None
         k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
         cam, target = self.pseudo_targets[k]
-        pred = self.render_fn(self.gaussians(), [cam], self._settings(sh)).rgb[0]
+        pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
         return c.weight * losses.l1(pred, target)
 
     # ---- loop ---------------------------------------------------------------------------
@@ -253,9 +196,9 @@ class Trainer:
         self._set_lrs(it)
         sh = sh_degree_at(it - 1, cfg.optim.sh_degree_interval, self.max_sh)
         v = int(torch.randint(len(self.data.cameras), (1,), generator=self.generator))
-        size, images, priors = self._level(self._downscale(it))
+        size, images, priors = self.pyramid.level(resolution_factor_at(it, cfg.optim.resolution_schedule))
         gt = images[v]  # [H, W, 3]
-        out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], self._settings(sh))
+        out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], self.render_settings(sh))
         info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         rgb = out.rgb[0]  # [H, W, 3]
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
@@ -297,7 +240,8 @@ class Trainer:
             f"the last good checkpoint is kept: lower the learning rates (optim.lr_*) or resume "
             f"with --resume and a smaller optim.lr_means")
 
-    def _finite(self) -> bool:
+    def is_finite(self) -> bool:
+        """True when every Gaussian parameter is finite (a checkpoint worth keeping)."""
         return all(bool(torch.isfinite(p).all()) for p in self.params.values())
 
     def run(self, thumbnails: tuple = (), test_cameras: tuple = (), test_names: tuple = ()) -> TrainResult:
@@ -323,7 +267,7 @@ class Trainer:
                               self.seconds, lambda: self.gaussians().detach())
             for ls in self.listeners:
                 ls.on_step(event)
-            if self.checkpoint_fn and (it % self.cfg.checkpoint_every == 0) and self._finite():
+            if self.checkpoint_fn and (it % self.cfg.checkpoint_every == 0) and self.is_finite():
                 self.checkpoint_fn(self.state_dict())
         return TrainResult(self.gaussians().detach(), [self._detached_camera(v) for v in range(len(self.data.cameras))],
                            self.history, self.iteration, self.seconds, stopped)

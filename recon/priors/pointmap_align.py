@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from recon.errors import ReconError
-from recon.geometry import invert_pose, make_pose, umeyama
+from recon.geometry import invert_pose, make_pose, so3_exp, umeyama
 
 
 @dataclass(frozen=True)
@@ -204,16 +204,6 @@ def _init_world(groups, focals, sizes, settings):
     return T_world_cam, world_pts, sims, root
 
 
-def _skew(w: Tensor) -> Tensor:  # [..., 3] -> [..., 3, 3]
-    z = torch.zeros_like(w[..., 0])
-    return torch.stack([z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z], -1).reshape(
-        *w.shape[:-1], 3, 3)
-
-
-def _rot(w: Tensor) -> Tensor:  # axis-angle [..., 3] -> rotation [..., 3, 3]
-    return torch.linalg.matrix_exp(_skew(w))
-
-
 class _Problem(torch.nn.Module):
     """Free parameters of the joint refinement, as deltas on the initialisation."""
 
@@ -237,7 +227,7 @@ class _Problem(torch.nn.Module):
         self.g_logs = torch.nn.Parameter(torch.tensor([float(np.log(sims[i][0])) for i in range(n_groups)]))
 
     def R_world_cam(self) -> Tensor:  # [V, 3, 3]
-        return _rot(self.w) @ self.R0
+        return so3_exp(self.w) @ self.R0
 
     def world_points(self, v: int, R_world_cam: Tensor) -> Tensor:  # [H, W, 3]
         h, w = self.sizes[v]
@@ -246,7 +236,7 @@ class _Problem(torch.nn.Module):
         return (rays * self.log_d[v].exp()[..., None]) @ R_world_cam[v].T + self.c[v]
 
     def group_points(self, gi: int, pts: Tensor) -> Tensor:  # [V, H, W, 3] -> world
-        R = _rot(self.g_w[gi]) @ self.gR0[gi]
+        R = so3_exp(self.g_w[gi]) @ self.gR0[gi]
         return self.g_logs[gi].exp() * pts @ R.T + self.g_t[gi]
 
 

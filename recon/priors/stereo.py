@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.geometry import viewed_ball
+from recon.geometry import pixel_centres, pixel_rays, project, unproject, unproject_depth, viewed_ball
 from recon.types import View
 
 INVALID_COST = 2.0  # cost of a hypothesis that projects outside a source view (1 - NCC <= 2)
@@ -203,17 +203,9 @@ def _fallback_range(views: tuple[View, ...], v: View) -> tuple[float, float]:
         RuntimeWarning, stacklevel=3)
     return (near, far)
 
-def _pixel_rays(K: Tensor, h: int, w: int) -> Tensor:
-    """[3, h*w] camera-space rays with z = 1 through pixel centres (j + 0.5, i + 0.5)."""
-    v, u = torch.meshgrid(torch.arange(h, device=K.device) + 0.5, torch.arange(w, device=K.device) + 0.5, indexing="ij")
-    pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, device=K.device)])  # [3, HW]
-    return torch.linalg.solve(K, pix)  # [3, HW]
-
-
 def _project(K: Tensor, points_cam: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     """points [..., 3, N] in a camera -> (grid [..., N, 2] for grid_sample, z [..., N])."""
-    z = points_cam[..., 2, :]
-    uv = (K @ points_cam)[..., :2, :] / z.clamp_min(1e-9).unsqueeze(-2)  # [..., 2, N]
+    uv, z = project(K, points_cam)  # [..., 2, N], [..., N]
     grid = torch.stack([uv[..., 0, :] / w * 2 - 1, uv[..., 1, :] / h * 2 - 1], -1)
     return grid, z
 
@@ -286,7 +278,7 @@ def _cost_volume(work: list[_Work], r: int, sources: list[int], inv: Tensor, st:
     ref = work[r]
     h, w = ref.gray.shape
     D = inv.shape[0]
-    rays = _pixel_rays(ref.K, h, w)  # [3, HW]
+    rays = pixel_rays(ref.K, h, w)  # [3, HW]
     g_r = ref.gray[None, None]  # [1, 1, h, w]
     mu_r = _box(g_r, st.window)
     var_r = (_box(g_r * g_r, st.window) - mu_r**2).clamp_min(0)  # [1, 1, h, w]
@@ -322,9 +314,8 @@ def _geometric_consistency(
     ref = work[r]
     d_r = depths[r]  # [h, w]
     h, w = d_r.shape
-    rays = _pixel_rays(ref.K, h, w)  # [3, HW]
-    pix = torch.stack(torch.meshgrid(torch.arange(w, device=d_r.device) + 0.5,
-                                     torch.arange(h, device=d_r.device) + 0.5, indexing="xy"), 0).reshape(2, -1)
+    rays = pixel_rays(ref.K, h, w)  # [3, HW]
+    pix = pixel_centres(h, w, device=d_r.device)  # [2, HW]
     X_r = rays * d_r.reshape(1, -1)  # [3, HW] in ref camera
     count = torch.zeros(h * w, device=d_r.device)
     for s in sources:
@@ -335,10 +326,10 @@ def _geometric_consistency(
         grid, _ = _project(src.K, X_s, hs, ws)  # [HW, 2]
         d_s = F.grid_sample(depths[s][None, None], grid[None, None], mode="nearest", align_corners=False).reshape(-1)
         uv_s = (grid + 1) / 2 * grid.new_tensor([ws, hs])  # [HW, 2] pixel coords in source
-        back = torch.linalg.solve(src.K, torch.cat([uv_s.T, torch.ones(1, h * w, device=d_r.device)])) * d_s  # [3, HW]
+        back = unproject(src.K, uv_s.T, d_s)  # [3, HW]
         T_rs = torch.linalg.inv(T_sr)
         X_rr = T_rs[:3, :3] @ back + T_rs[:3, 3:]  # [3, HW] back in ref camera
-        uv_rr = (ref.K @ X_rr)[:2] / X_rr[2:].clamp_min(1e-9)
+        uv_rr, _ = project(ref.K, X_rr)  # [2, HW]
         px_err = (uv_rr - pix).norm(dim=0)
         d_err = (X_rr[2] - X_r[2]).abs() / X_r[2].clamp_min(1e-9)
         ok = (d_s > 0) & (X_rr[2] > 0) & (px_err < st.geo_pixel_tol) & (d_err < st.geo_depth_tol)
@@ -349,11 +340,8 @@ def _geometric_consistency(
 def _fuse(work: list[_Work], depths: list[Tensor], st: StereoSettings) -> tuple[Tensor, Tensor]:
     pts, cols, footprints = [], [], []
     for wv, d in zip(work, depths):
-        h, w = d.shape
         m = d.reshape(-1) > 0
-        X_cam = _pixel_rays(wv.K, h, w)[:, m] * d.reshape(-1)[m]  # [3, P]
-        T_wc = torch.linalg.inv(wv.T_cam_world)
-        pts.append((T_wc[:3, :3] @ X_cam + T_wc[:3, 3:]).T)  # [P, 3]
+        pts.append(unproject_depth(wv.K, wv.T_cam_world, d))  # [P, 3]
         cols.append(wv.rgb.reshape(-1, 3)[m])
         footprints.append(d.reshape(-1)[m] / wv.K[0, 0])  # world size of one pixel
     points = torch.cat(pts).float()  # [M, 3]

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recon.geometry import invert_pose, make_pose, quat_to_rotmat, rotmat_to_quat
+from recon.geometry import invert_pose, make_pose, quat_to_rotmat, rotmat_to_quat, world_to_camera
 from recon.types import Camera, Gaussians, RenderOutput, RenderSettings
+from recon.visual import colour_depth
 
 SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic, Y_0^0
 RENDER_MODES = ("splats", "rgb", "depth", "alpha")
@@ -119,8 +120,7 @@ def look_distance(camera: Camera, points: np.ndarray | None) -> float:
     centre so the browser camera turns around the scene, not around the lens."""
     if points is None or len(points) == 0:
         return 1.0
-    T = camera.T_cam_world.double().numpy()
-    z = points @ T[2, :3] + T[2, 3]  # [N] camera-space depth
+    z = world_to_camera(camera.T_cam_world.double(), torch.as_tensor(points, dtype=torch.float64))[:, 2].numpy()
     z = z[z > 1e-3]
     return float(np.median(z)) if len(z) else 1.0
 
@@ -138,17 +138,8 @@ def colourise(out: RenderOutput, mode: str) -> np.ndarray:
         img = out.rgb[0].detach().clamp(0, 1).cpu().numpy()
     elif mode == "alpha":
         img = np.repeat(out.alpha[0].detach().clamp(0, 1).cpu().numpy()[..., None], 3, axis=-1)
-    elif mode == "depth":
-        depth = out.depth[0].detach().cpu().numpy()
-        valid = depth > 0
-        img = np.zeros((*depth.shape, 3), np.float32)
-        if valid.any():
-            lo, hi = np.percentile(depth[valid], [2, 98])
-            t = np.clip((depth - lo) / max(hi - lo, 1e-8), 0, 1)
-            import matplotlib
-
-            img = matplotlib.colormaps["turbo"](1.0 - t)[..., :3].astype(np.float32)
-            img[~valid] = 0.0
+    elif mode == "depth":  # the run folder's depth colouring (renders/depth/*.png)
+        img = colour_depth(out.depth[0]).numpy()
     else:
         raise ValueError(f"render mode {mode!r} is not one of {RENDER_MODES}")
     return (img * 255).round().astype(np.uint8)
