@@ -42,6 +42,14 @@ def _default_path_kind(cameras) -> str:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from recon.commands._signals import StopServing
+
+    stop = StopServing()  # SIGINT/SIGTERM end the viewer, also when the parent ignores SIGINT
+    with stop.installed():
+        return _serve_or_render(args, stop)
+
+
+def _serve_or_render(args: argparse.Namespace, stop) -> int:
     from recon.view.run import RunViewer, load_run
 
     contents = load_run(args.run)
@@ -54,5 +62,7 @@ def handler(args: argparse.Namespace) -> int:
         out = render_path(contents.gaussians, path, args.path_video, fps=args.fps, max_side=args.size)
         print(f"wrote {out} ({len(path)} frames, {kind} path)")
         return 0
-    RunViewer(contents, host=args.host, port=args.port).serve_forever()
+    viewer = RunViewer(contents, host=args.host, port=args.port)
+    stop.attach(viewer.server.request_stop)
+    viewer.serve_forever()
     return 0

@@ -58,7 +58,8 @@ class ViewerServer:
         self.host = host
         self.viser = viser.ViserServer(host=host, port=int(port), label=title, verbose=verbose)
         self.viser.gui.set_panel_label(title)
-        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._closed = False
         if announce:
             print(f"viewer: open {self.url} in a browser (Ctrl-C to stop)", flush=True)
 
@@ -95,19 +96,25 @@ class ViewerServer:
         return False
 
     def serve_forever(self) -> None:
-        """Blocks until Ctrl-C (or ``stop()`` from another thread), then shuts down."""
+        """Blocks until ``request_stop()`` (a signal handler, another thread) or Ctrl-C,
+        then shuts down."""
         try:
-            while not self._stopped.wait(0.2):
+            while not self._stop_requested.wait(0.2):
                 pass
         except KeyboardInterrupt:
-            print("viewer: stopping", flush=True)
+            pass
         finally:
+            print("viewer: stopping", flush=True)
             self.stop()
 
+    def request_stop(self) -> None:
+        """Makes ``serve_forever`` return; safe to call from a signal handler."""
+        self._stop_requested.set()
+
     def stop(self) -> None:
-        if self._stopped.is_set() and getattr(self, "_closed", False):
+        self._stop_requested.set()
+        if self._closed:
             return
-        self._stopped.set()
         self._closed = True
         self.viser.stop()
 
