@@ -26,8 +26,9 @@ TINY_FIT = ["--views", "3", "--config", "fast", "--no-progress",
             "--set", "pseudo.enabled=false", "--set", "log_every=1", "--set", "checkpoint_every=50"]
 
 
-def _ignore_sigint() -> None:  # runs in the child before exec: what `nohup`-like parents do
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# A parent that ignores SIGINT and then execs recon (what `nohup`-like job runners do).
+IGNORING_PARENT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                   "os.execv(sys.executable, [sys.executable, '-m', 'recon.cli', *sys.argv[1:]])")
 
 
 class Proc:
@@ -35,9 +36,9 @@ class Proc:
 
     def __init__(self, args: list[str], *, ignore_sigint: bool = True) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "recon.cli", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env,
-                                     preexec_fn=_ignore_sigint if ignore_sigint else None)
+        launcher = ["-c", IGNORING_PARENT] if ignore_sigint else ["-m", "recon.cli"]
+        self.proc = subprocess.Popen([sys.executable, *launcher, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()

@@ -140,8 +140,11 @@ def state_bytes(obj) -> int:
     return 0
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -187,9 +190,9 @@ def explain_write_failure(exc: BaseException, path: Path | str | None, run_dir: 
         cause = "no space left on device" if full else f"{type(exc).__name__}: {first_line}"
         sizes = []
         if needed_bytes:
-            sizes.append(f"it needed about {_mib(needed_bytes)}")
+            sizes.append(f"it needed about {_size(needed_bytes)}")
         if free is not None:
-            sizes.append(f"{_mib(free)} free on that file system")
+            sizes.append(f"{_size(free)} free on that file system")
         if sizes:
             cause += f" ({', '.join(sizes)})"
         fix = "free some space"
