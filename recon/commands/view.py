@@ -50,7 +50,7 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def _serve_or_render(args: argparse.Namespace, stop) -> int:
-    from recon.view.run import RunViewer, load_run
+    from recon.view.finished_run import RunViewer, load_run
 
     contents = load_run(args.run)
     if args.path_video:
