@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--view", action="store_true", help="watch the fit live in the browser")
     p.add_argument("--host", default="127.0.0.1", help="viewer address (with --view)")
     p.add_argument("--port", type=int, default=8080, help="viewer port (with --view)")
+    p.add_argument("--token", default=None, help="viewer access token (with --view; generated when --host "
+                                                  "is not loopback)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
 
@@ -97,7 +99,7 @@ def handler(args: argparse.Namespace) -> int:
             if args.view:
                 from recon.view.live import LiveViewer  # lazy: viser only when asked for
 
-                viewer = LiveViewer(host=args.host, port=args.port, control=control)
+                viewer = LiveViewer(host=args.host, port=args.port, control=control, token=args.token)
                 listeners.append(viewer)
             out = _fit(args, listeners, control)
         _print_summary(out)

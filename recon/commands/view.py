@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                         help="address to bind (default 127.0.0.1: this machine only; "
                              "0.0.0.0 serves the network)")
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    parser.add_argument("--token", default=None,
+                        help="access token the page and websocket require (default: generated and "
+                             "printed in the URL when --host is not loopback; none on loopback)")
     parser.add_argument("--path-video", metavar="OUT", default=None,
                         help="render a camera path to OUT (.mp4 or .gif) and exit")
     parser.add_argument("--path", dest="path_kind", choices=("orbit", "spiral"), default=None,
@@ -62,7 +65,7 @@ def _serve_or_render(args: argparse.Namespace, stop) -> int:
         out = render_path(contents.gaussians, path, args.path_video, fps=args.fps, max_side=args.size)
         print(f"wrote {out} ({len(path)} frames, {kind} path)")
         return 0
-    viewer = RunViewer(contents, host=args.host, port=args.port)
+    viewer = RunViewer(contents, host=args.host, port=args.port, token=args.token)
     stop.attach(viewer.server.request_stop)
     viewer.serve_forever()
     return 0

@@ -86,10 +86,10 @@ class RunViewer:
     """Serves one finished run. ``RunViewer(...).serve_forever()`` blocks until Ctrl-C."""
 
     def __init__(self, contents: RunContents, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 *, render_fn=None, announce: bool = True) -> None:
+                 *, render_fn=None, announce: bool = True, token: str | None = None) -> None:
         self.contents = contents
         title = f"recon: {(contents.run_dir or contents.ply_path).name}"
-        self.server = ViewerServer(host, port, title=title, announce=announce)
+        self.server = ViewerServer(host, port, title=title, announce=announce, token=token)
         self.scene = SceneView(self.server, render_fn=render_fn)
         with self.server.gui.add_folder("Run", order=0):
             self.server.gui.add_markdown(
