@@ -16,6 +16,7 @@ from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
 PlyReader = Callable[[Path], Gaussians]
+FINISHED_RUN_RENDER_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class RunViewer:
         self.contents = contents
         title = f"recon: {(contents.run_dir or contents.ply_path).name}"
         self.server = ViewerServer(host, port, title=title, announce=announce, token=token)
-        self.scene = SceneView(self.server, render_fn=render_fn)
+        # No fit to protect here: server renders may use half the wall time.
+        self.scene = SceneView(self.server, render_fn=render_fn, render_budget=FINISHED_RUN_RENDER_BUDGET)
         with self.server.gui.add_folder("Run", order=0):
             self.server.gui.add_markdown(
                 f"`{contents.ply_path}`  \n{len(contents.gaussians):,} Gaussians, "
