@@ -117,8 +117,11 @@ class DiffusionConfig:
     enabled: bool = False
     model: str | None = None  # local diffusers img2img folder
     every: int = 500  # regenerate refined pseudo targets every this many steps
-    start: int = 1000
-    weight: float = 0.1
+    start: int = 1000  # first step with the diffusion loss (and its first refresh)
+    stop: int | None = None  # last step with it (None = to the end)
+    weight: float = 0.1  # peak weight of the loss (recon.optimise.schedules.diffusion_weight)
+    warmup: int = 0  # linear ramp from 0 to ``weight`` over this many steps after ``start``
+    final_weight: float | None = None  # if set (with ``stop``), decays linearly to this at ``stop``
     num_views: int = 4
     strength: float = 0.3  # img2img strength: how far the refined target may move from the render
     steps: int = 20  # scheduler steps (about strength * steps are denoised)

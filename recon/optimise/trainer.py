@@ -22,7 +22,13 @@ from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
 from recon.optimise.pseudo_views import interpolated_camera
 from recon.optimise.pyramid import ImagePyramid
-from recon.optimise.schedules import exp_decay, resolution_factor_at, sh_degree_at
+from recon.optimise.schedules import (
+    diffusion_refresh_due,
+    diffusion_weight,
+    exp_decay,
+    resolution_factor_at,
+    sh_degree_at,
+)
 from recon.types import Camera, Gaussians, RenderSettings
 
 # Names of the Gaussian parameters in gsplat's convention (its strategy edits them).
@@ -167,9 +173,10 @@ class Trainer:
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
-        if self.refiner is None or not c.enabled or it < c.start:
+        weight = diffusion_weight(it, c)
+        if self.refiner is None or not c.enabled or weight <= 0:
             return None
-        if (it - c.start) % c.every == 0:  # refresh the refined pseudo targets
+        if diffusion_refresh_due(it, c):  # refresh the refined pseudo targets
             cams = [self._pseudo_camera() for _ in range(c.num_views)]
             with torch.no_grad():
                 rgb = self.render_fn(self.gaussians().detach(), cams, self.render_settings(sh)).rgb
@@ -180,7 +187,7 @@ class Trainer:
         k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
         cam, target = self.pseudo_targets[k]
         pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
-        return c.weight * losses.l1(pred, target)
+        return weight * losses.l1(pred, target)
 
     # ---- loop ---------------------------------------------------------------------------
     def _set_lrs(self, it: int) -> None:
