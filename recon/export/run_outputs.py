@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon.runs import NamedCamera, write_cameras_json
+from recon.export.cameras_json import NamedCamera, write_cameras_json
 from recon.types import Camera, Gaussians, Scene, Split, View
 from recon.visual import colour_depth
 
