@@ -58,6 +58,8 @@ class OptimConfig:
     # [[start_iteration, downscale], ...]: train on downscaled images first (coarse-to-fine)
     resolution_schedule: list = field(default_factory=lambda: [[0, 1]])
     max_loss: float = 10.0  # a loss above this (or NaN) stops the fit with diagnostics
+    # 3DGS's random background: each step composites the view's background (outside its object mask) and the
+    # render on one random colour, so no background colour is baked into the Gaussians. Needs masks (Blender, DTU).
     random_background: bool = False
 
 

@@ -1,4 +1,4 @@
-"""Schedules of the fit (recon.optimise.schedules), and the trainer following them."""
+"""The fit's schedules (recon.optimise.schedules) and the trainer following them."""
 
 from __future__ import annotations
 
@@ -56,3 +56,37 @@ def test_trainer_weights_the_diffusion_loss_by_the_schedule():
             l1 = losses.l1(trainer.render_fn(trainer.gaussians(), [cam], trainer.render_settings(0)).rgb[0], target)
         assert float(loss.detach()) == pytest.approx(diffusion_weight(it, cfg.diffusion) * float(l1), rel=1e-5)
     assert refiner.calls == 2  # refreshed at 3 and 7
+
+
+def _transparent(n: int = 30):
+    g = random_gaussians(n, sh_degree=0, grad=False)
+    return type(g)(g.means, g.log_scales, g.quats, torch.full_like(g.opacity_logits, -30.0), g.sh)
+
+
+def test_random_background_composites_target_and_render_on_one_random_colour():
+    from recon.errors import ConfigError
+    from recon.render import render
+
+    cfg = load_config("default", ["optim.random_background=true", "render.backend=reference", "densify.enabled=false",
+                                  "regularise.enabled=false", "depth.enabled=false", "pseudo.enabled=false"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with pytest.raises(ConfigError, match="needs an object mask"):
+        Trainer(cfg, _transparent(), TrainData(cameras=cams, images=images, names=["a", "b"]))
+    backgrounds = []
+
+    def spy(g, cs, settings):
+        backgrounds.append(settings.background)
+        return render(g, cs, settings)
+
+    masks = [torch.zeros(16, 24, dtype=torch.bool)] * 2  # all background
+    data = TrainData(cameras=cams, images=images, names=["a", "b"], masks=masks)
+    trainer = Trainer(cfg, _transparent(), data, render_fn=spy)
+    # Nothing is opaque: the render is the background, and so is the target on background pixels.
+    assert [trainer.step(it)["photo"] for it in (1, 2, 3)] == pytest.approx([0.0] * 3, abs=1e-6)
+    assert len(set(backgrounds)) == 3  # a new colour every step
+    assert trainer.pyramid.level_masks(2.0)[0].shape == (8, 12)  # masks follow the coarse-to-fine levels
+    plain = Trainer(load_config("default", ["render.backend=reference", "densify.enabled=false",
+                                            "regularise.enabled=false", "depth.enabled=false",
+                                            "pseudo.enabled=false"]), _transparent(), data)
+    assert plain.step(1)["photo"] > 0.1  # without it the photographs' background is the target
