@@ -7,8 +7,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon.geometry import (
-    invert_pose, is_rotation, look_at, make_pose, opengl_to_opencv, pixel_centres, project, quat_to_rotmat,
-    rotmat_to_quat, se3_exp, so3_exp, umeyama, unproject_depth, world_to_camera, zbuffer_depth,
+    invert_pose,
+    is_rotation,
+    look_at,
+    make_pose,
+    opengl_to_opencv,
+    pixel_centres,
+    project,
+    quat_to_rotmat,
+    rotmat_to_quat,
+    se3_exp,
+    so3_exp,
+    umeyama,
+    unproject_depth,
+    world_to_camera,
+    zbuffer_depth,
 )
 
 floats = st.floats(-1.0, 1.0, allow_nan=False, width=32)

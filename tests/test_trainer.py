@@ -19,7 +19,7 @@ def test_diffusion_weight_warms_up_holds_and_decays():
     assert diffusion_weight(300, c) == pytest.approx(0.2)  # peak
     assert diffusion_weight(650, c) == pytest.approx(0.1)  # half-way down the decay
     assert diffusion_weight(1000, c) == pytest.approx(0.0) and diffusion_weight(1001, c) == 0.0
-    assert [i for i in range(0, 600) if diffusion_refresh_due(i, c)] == [200, 300, 400, 500]
+    assert [i for i in range(600) if diffusion_refresh_due(i, c)] == [200, 300, 400, 500]
     constant = DiffusionConfig(start=5, weight=0.3)  # the defaults: constant weight from start, no stop
     assert [diffusion_weight(i, constant) for i in (4, 5, 10_000)] == [0.0, 0.3, 0.3]
 

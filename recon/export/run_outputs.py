@@ -22,7 +22,7 @@ class RunLog:
     run keeps its log)."""
 
     def __init__(self, path: Path, every: int):
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole fit, closed in on_finish/close
         self.every = every
 
     def on_start(self, event) -> None:
