@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from recon.errors import ConfigError
 from recon.init import initialise, scene_ball
-from recon.init.points import SH_C0, gaussians_from_points, knn_log_scales
+from recon.init.isotropic import SH_C0, knn_log_scales
+from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
 from test_stereo import plane_views
 

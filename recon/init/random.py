@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from recon.init.points import MIN_POINTS, gaussians_from_points
+from recon.init.isotropic import MIN_POINTS, isotropic_gaussians
 from recon.types import Gaussians
 
 
@@ -21,7 +21,7 @@ def random_gaussians(
     opacity: float = 0.1,
 ) -> Gaussians:
     """n Gaussians uniform in the ball of ``radius`` around ``centre`` [3], with uniform
-    random colours; scales, rotations and opacities as ``gaussians_from_points``.
+    random colours; scales, rotations and opacities as ``isotropic_gaussians``.
     The same generator state gives the same Gaussians."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -35,11 +35,11 @@ def random_gaussians(
     points = centre + direction * r  # [n, 3]
     colors = torch.rand(n, 3, generator=generator)  # [n, 3]
     if n < MIN_POINTS:  # too few for neighbour scales: give each its share of the ball
-        g = gaussians_from_points(
+        g = isotropic_gaussians(
             torch.cat([points, centre + radius * torch.eye(3), centre[None]])[: max(n, 0) + 4],
             torch.cat([colors, torch.full((4, 3), 0.5)]),
             sh_degree,
             opacity=opacity,
         )
         return Gaussians(*(t[:n] for t in g.tensors()))
-    return gaussians_from_points(points, colors, sh_degree, opacity=opacity)
+    return isotropic_gaussians(points, colors, sh_degree, opacity=opacity)
