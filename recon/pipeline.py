@@ -25,6 +25,7 @@ from recon.optimise.checkpoint import latest_checkpoint, load_checkpoint, save_c
 from recon.optimise.config import FitConfig, from_dict, load_config
 from recon.optimise.events import FitControl, FitFinished, FitListener
 from recon.optimise.trainer import TrainData, Trainer
+from recon.timing import current, recording, stage, start
 from recon.types import Camera, Gaussians, Scene, Split, View
 
 
@@ -150,7 +151,8 @@ def fit_scene(
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(str(scene_spec), run, cfg, resume, list(listeners), control)
+        with recording():  # metrics.json's time_breakdown (recon.timing)
+            return _fit(str(scene_spec), run, cfg, resume, list(listeners), control)
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise ReconError(
             f"out of memory while fitting {scene_spec} ({type(exc).__name__}); lower the resolution "
@@ -175,13 +177,17 @@ class _Prepared:
 def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     """Scene, split, poses (SfM when unposed), initial Gaussians and priors."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    scene = _load(spec, cfg)
-    split = _split(scene, cfg.data.protocol, cfg.data.views)
+    with stage("load"):
+        scene = _load(spec, cfg)
+        split = _split(scene, cfg.data.protocol, cfg.data.views)
     if not scene.posed:
-        scene = _recover_poses(scene, split, cfg)
+        with stage("pose_recovery"):
+            scene = _recover_poses(scene, split, cfg)
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
-    gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
-    depth_model, learned, refiner = _learned_priors(cfg, train, run)
+    with stage("init"):  # multi-view stereo inside it times itself as "stereo"
+        gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
+    with stage("priors"):
+        depth_model, learned, refiner = _learned_priors(cfg, train, run)
     if learned is not None:
         depth_priors = learned
     if not cfg.depth.enabled:
@@ -232,16 +238,20 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                 trainer.load_state_dict(state)
                 initial = state.get("initial_test")
         if initial is None and p.test:
-            initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer.render_settings(0))
+            with stage("initial_eval"):
+                initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer.render_settings(0))
         if not resume:
-            run_outputs.write_scene_json(run, run_outputs.scene_record(spec, p.scene, p.split))
+            with stage("write_outputs"):
+                run_outputs.write_scene_json(run, run_outputs.scene_record(spec, p.scene, p.split))
         trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
-        result = trainer.run(thumbnails=tuple(v.image for v in p.train), test_names=tuple(v.name for v in p.test),
-                             test_cameras=tuple(v.camera for v in p.test))
+        with stage("optimise_other"):  # the loop's own stages (render_forward, ...) are nested
+            result = trainer.run(thumbnails=tuple(v.image for v in p.train), test_names=tuple(v.name for v in p.test),
+                                 test_cameras=tuple(v.camera for v in p.test))
         if trainer.is_finite():  # also after a stop, so `--resume` continues from here
-            trainer.checkpoint_fn(trainer.state_dict())
+            with stage("checkpoint"):
+                trainer.checkpoint_fn(trainer.state_dict())
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
-                                 trainer.render_settings(trainer.max_sh), initial, time.perf_counter() - t0)
+                                 trainer.render_settings(trainer.max_sh), initial, t0)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
@@ -250,18 +260,21 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
 
 
 def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
-                   result, render_fn, settings, initial: dict | None, total_seconds: float) -> dict:
-    """Writes the run folder's results (files by recon.export) and returns metrics.json's contents."""
+                   result, render_fn, settings, initial: dict | None, started: float) -> dict:
+    """Writes the run folder's results (files by recon.export) and returns metrics.json's contents
+    (written last; its total_seconds run from ``started`` (perf_counter) to just before it)."""
     from recon.export.ply import write_ply
 
     g = result.gaussians
+    stop_writing = start("write_outputs")  # renders and scores are nested stages
     write_ply(run / "point_cloud.ply", g)
     run_outputs.render_views(run, "train", g, train, result.cameras, render_fn, settings)
     preds = run_outputs.render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
     metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
                      "iterations": result.iteration, "stopped_early": result.stopped}
     if test:
-        summary, per_view, impl = _test_metrics(split.protocol, test, preds)
+        with stage("eval_score"):
+            summary, per_view, impl = _test_metrics(split.protocol, test, preds)
         metrics.update(test=summary, test_views=per_view, test_initial=initial)
     else:
         impl = {}
@@ -271,12 +284,17 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                            "train": [v.name for v in train], "test": [v.name for v in test],
                            "views": len(train), "resolution": [train[0].width, train[0].height],
                            "metrics": impl, "posed": scene.posed}
+    run_outputs.write_run_cameras(run, train, result.cameras, test)
+    run_outputs.training_curve(run / "training_curve.png", result.history)
+    stop_writing()
+    total_seconds = time.perf_counter() - started
     metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
                    peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
                    train_final=result.history[-1] if result.history else None)
+    times = current()
+    if times is not None:  # seconds per stage (recon.timing.FIT_STAGES); "other" is the rest
+        metrics["time_breakdown"] = times.breakdown(total_seconds)
     run_outputs.write_metrics_json(run, metrics)
-    run_outputs.write_run_cameras(run, train, result.cameras, test)
-    run_outputs.training_curve(run / "training_curve.png", result.history)
     return metrics
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from recon.export.cameras_json import NamedCamera, write_cameras_json
+from recon.timing import stage
 from recon.types import Camera, Gaussians, Scene, Split, View
 from recon.visual import colour_depth
 
@@ -58,7 +59,8 @@ def render_views(run: Path, split_name: str, gaussians: Gaussians, views: Sequen
     out = []
     with torch.no_grad():
         for v, cam in zip(views, cameras):
-            r = render_fn(gaussians, [cam], settings)
+            with stage("eval_render"):
+                r = render_fn(gaussians, [cam], settings)
             rgb = r.rgb[0].clamp(0, 1)  # [H, W, 3]
             save_png(run / "renders" / split_name / f"{v.name}.png", rgb)
             save_png(run / "renders" / "depth" / f"{split_name}_{v.name}.png", colour_depth(r.depth[0]))

@@ -17,6 +17,7 @@ from recon.geometry import viewed_ball
 from recon.errors import ConfigError
 from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
+from recon.timing import stage
 from recon.types import Gaussians, View
 
 METHODS = ("mvs", "sift", "random")
@@ -65,7 +66,8 @@ def initialise(
     if (method == "mvs" or with_depths) and len(views) >= 2:
         from recon.priors.stereo import multiview_stereo
 
-        res = multiview_stereo(views, progress=progress, **stereo_options)
+        with stage("stereo"):
+            res = multiview_stereo(views, progress=progress, **stereo_options)
         depths, confs = res.depths, res.confidences
         if method == "mvs":
             return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
@@ -75,7 +77,8 @@ def initialise(
     if method == "sift":
         from recon.priors.sfm import triangulate_sift
 
-        pts, cols = triangulate_sift(views)  # [M, 3], [M, 3]
+        with stage("stereo"):
+            pts, cols = triangulate_sift(views)  # [M, 3], [M, 3]
         return _from_points(pts, cols, sh_degree, opacity, fallback, "sift", depths, confs)
     g = random_gaussians(random_points, centre, radius, sh_degree, generator, opacity=opacity)
     return InitResult(g, "random", None, depths, confs)

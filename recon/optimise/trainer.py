@@ -29,6 +29,7 @@ from recon.optimise.schedules import (
     resolution_factor_at,
     sh_degree_at,
 )
+from recon.timing import end_iteration, stage, start
 from recon.types import Camera, Gaussians, RenderSettings
 
 # Names of the Gaussian parameters in gsplat's convention (its strategy edits them).
@@ -165,7 +166,8 @@ class Trainer:
         if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
             return None
         cam = self._pseudo_camera(size)
-        out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
+        with stage("render_forward"):
+            out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
         depth = out.depth[0]  # [H, W]
         if self.depth_model is not None:
             pred = self.depth_model.predict(out.rgb[0].detach().clamp(0, 1))
@@ -184,7 +186,7 @@ class Trainer:
             return None
         if diffusion_refresh_due(it, c):  # refresh the refined pseudo targets
             cams = [self._pseudo_camera() for _ in range(c.num_views)]
-            with torch.no_grad():
+            with torch.no_grad(), stage("render_forward"):
                 rgb = self.render_fn(self.gaussians().detach(), cams, self.render_settings(sh)).rgb
             refined = self.refiner.refine(rgb.clamp(0, 1))  # [B, H, W, 3]
             self.pseudo_targets = list(zip(cams, refined.detach().float()))
@@ -192,7 +194,8 @@ class Trainer:
             return None
         k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
         cam, target = self.pseudo_targets[k]
-        pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
+        with stage("render_forward"):
+            pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
         return weight * losses.l1(pred, target)
 
     # ---- loop ---------------------------------------------------------------------------
@@ -217,8 +220,11 @@ class Trainer:
             bg = torch.rand(3, generator=self.generator)  # [3]
             settings = replace(settings, background=tuple(bg.tolist()))
             gt = torch.where(self.pyramid.level_masks(factor)[v][..., None], gt, bg)
-        out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], settings)
-        info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
+        with stage("render_forward"):
+            out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], settings)
+        with stage("densify"):
+            info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
+        stop_losses = start("losses")  # the stages below are nested: they count on their own
         rgb = out.rgb[0]  # [H, W, 3]
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
@@ -234,17 +240,21 @@ class Trainer:
                 r.scale_weight * losses.scale_regulariser(self.params["scales"], r.max_scale * self.data.scene_scale, r.max_ratio)
         loss = sum(terms.values())
         self._check_loss(it, loss, terms)
-        loss.backward()
-        for opt in self.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if self.refine_poses and it >= cfg.pose.start:
-            self.pose_opt.step()
-        self.pose_opt.zero_grad(set_to_none=True)
+        with stage("backward"):
+            loss.backward()
+        with stage("optimiser"):
+            for opt in self.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if self.refine_poses and it >= cfg.pose.start:
+                self.pose_opt.step()
+            self.pose_opt.zero_grad(set_to_none=True)
         if info is not None:
-            self.densifier.post_backward(self.params, self.optimizers, it, info)
+            with stage("densify"):
+                self.densifier.post_backward(self.params, self.optimizers, it, info)
         record = {k: float(t.detach()) for k, t in terms.items()}
         record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
+        stop_losses()
         return record
 
     def _check_loss(self, it: int, loss: Tensor, terms: dict) -> None:
@@ -271,7 +281,8 @@ class Trainer:
         start, paused, stopped = time.perf_counter(), 0.0, False
         base_seconds = self.seconds
         while self.iteration < total:
-            paused += self.control.wait_if_paused()
+            with stage("paused"):
+                paused += self.control.wait_if_paused()
             if self.control.stop_requested:
                 stopped = True
                 break
@@ -287,7 +298,9 @@ class Trainer:
             for ls in self.listeners:
                 ls.on_step(event)
             if self.checkpoint_fn and (it % self.cfg.checkpoint_every == 0) and self.is_finite():
-                self.checkpoint_fn(self.state_dict())
+                with stage("checkpoint"):
+                    self.checkpoint_fn(self.state_dict())
+            end_iteration()
         return TrainResult(self.gaussians().detach(), [self._detached_camera(v) for v in range(len(self.data.cameras))],
                            self.history, self.iteration, self.seconds, stopped)
 

@@ -20,6 +20,7 @@ import torch
 
 import recon
 from recon.errors import MissingDependencyError
+from recon.timing import stage
 
 _lock = threading.Lock()
 _module = None
@@ -71,7 +72,8 @@ def load(verbose: bool = False):
     with _lock:
         if _module is None and _error is None:
             try:
-                _module = _build(verbose)
+                with stage("extension_load"):  # minutes when it compiles (first use, changed sources)
+                    _module = _build(verbose)
             except MissingDependencyError as err:
                 _error = err
                 raise
