@@ -30,7 +30,8 @@ FIT_STAGES = (
     "extension_load",  # building (first use, changed sources) or loading the compiled rasteriser
     "initial_eval",  # PSNR of the initial Gaussians on the test views
     "render_forward",  # the optimisation's renders (training view, pseudo views, diffusion targets)
-    "backward",  # loss.backward(): the rasteriser's backward and the rest of autograd
+    "render_backward",  # the compiled rasteriser's backward (projection + blending) inside loss.backward()
+    "backward",  # the rest of loss.backward(): SSIM, depth terms and the other autograd nodes
     "losses",  # loss terms, the divergence check and the per-step record
     "densify",  # densification bookkeeping (gradient statistics) and split/clone/prune
     "optimiser",  # Adam steps and zero_grad (Gaussians and poses)
@@ -42,7 +43,7 @@ FIT_STAGES = (
     "write_outputs",  # run folder files: PLY, PNGs, depth maps, cameras, curve, scene.json
 )
 # The stages inside the optimisation loop, which also get per-iteration medians.
-ITERATION_STAGES = ("render_forward", "backward", "losses", "densify", "optimiser")
+ITERATION_STAGES = ("render_forward", "render_backward", "backward", "losses", "densify", "optimiser")
 
 _current: ContextVar[StageTimes | None] = ContextVar("recon_stage_times", default=None)
 

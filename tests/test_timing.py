@@ -79,3 +79,27 @@ def test_fit_metrics_carry_a_time_breakdown_that_adds_up(tmp_path):
     # the loop's stages fit inside the trainer's own clock (fit_seconds)
     loop = sum(tb[k] for k in (*timing.ITERATION_STAGES, "checkpoint"))
     assert loop <= metrics["fit_seconds"] + 0.05
+
+
+def test_the_compiled_rasterisers_backward_is_its_own_stage():
+    import os
+
+    from test_render_helpers import cameras, random_gaussians
+
+    from recon.errors import ReconError
+    from recon.render import _ext, render
+    from recon.types import RenderSettings
+
+    try:
+        _ext.load()
+    except ReconError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"rasteriser extension unavailable: {err}; CI=true requires it to build", pytrace=False)
+        pytest.skip(f"rasteriser extension unavailable: {err}")
+    g = random_gaussians(200, seed=0)  # leaves that require grad
+    with timing.recording() as times:
+        out = render(g, cameras(48, 36, n=1), RenderSettings(sh_degree=g.sh_degree, backend="cpu"))
+        with timing.stage("backward"):
+            out.rgb.square().mean().backward()
+    assert times.totals["render_backward"] > 0 and times.totals["backward"] >= 0
+    assert g.means.grad is not None

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from recon.render import _ext
+from recon.timing import stage
 
 
 class _Project(torch.autograd.Function):
@@ -34,10 +35,11 @@ class _Project(torch.autograd.Function):
         def dense(g, *shape):  # outputs unused by the loss come back as None
             return torch.zeros(shape, dtype=means.dtype, device=means.device) if g is None else g.contiguous()
 
-        grads = _ext.load().project_backward(
-            means, log_scales, quats, opacity_logits, sh, viewmats, Ks, *ctx.options, radii,
-            dense(v_means2d, C, N, 2), dense(v_conics, C, N, 3), dense(v_colors, C, N, 3),
-            dense(v_opacities, C, N), dense(v_depths, C, N))
+        with stage("render_backward"):  # nested in the trainer's "backward": the rest is other autograd
+            grads = _ext.load().project_backward(
+                means, log_scales, quats, opacity_logits, sh, viewmats, Ks, *ctx.options, radii,
+                dense(v_means2d, C, N, 2), dense(v_conics, C, N, 3), dense(v_colors, C, N, 3),
+                dense(v_opacities, C, N), dense(v_depths, C, N))
         v_means, v_log_scales, v_quats, v_logits, v_sh, v_viewmats = grads
         return (v_means, v_log_scales, v_quats, v_logits, v_sh, v_viewmats, None,
                 None, None, None, None, None, None)
@@ -61,8 +63,9 @@ class _Rasterize(torch.autograd.Function):
         v_rgb = torch.zeros((*alpha.shape, 3), dtype=alpha.dtype, device=alpha.device) if v_rgb is None else v_rgb
         v_depth_sum = torch.zeros_like(alpha) if v_depth_sum is None else v_depth_sum
         v_alpha = torch.zeros_like(alpha) if v_alpha is None else v_alpha
-        grads = _ext.load().rasterize_backward(
-            *saved, v_rgb.contiguous(), v_depth_sum.contiguous(), v_alpha.contiguous(), *ctx.options)
+        with stage("render_backward"):
+            grads = _ext.load().rasterize_backward(
+                *saved, v_rgb.contiguous(), v_depth_sum.contiguous(), v_alpha.contiguous(), *ctx.options)
         return (*grads, None, None, None, None)
 
 
