@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from recon.optimise import memory
-from recon.optimise.memory import (GiB, InsufficientMemoryError, available_memory, bytes_per_gaussian,
-                                   check_fit_memory, estimate_fit_memory)
+from recon.optimise.memory import (
+    GiB,
+    InsufficientMemoryError,
+    available_memory,
+    bytes_per_gaussian,
+    check_fit_memory,
+    estimate_fit_memory,
+)
 
 
 def test_estimate_scales_with_pixels_and_gaussians():
