@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-viser = pytest.importorskip("viser")
-
 from recon.geometry import look_at
 from recon.optimise.events import FitControl, FitFinished, FitStarted, StepEvent
 from recon.types import Camera, Gaussians
@@ -174,3 +172,64 @@ def test_taken_port_is_a_clear_error():
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*--port"):
             ViewerServer(port=port, announce=False)
+
+
+def reference_render(g, cams, settings):
+    from dataclasses import replace
+
+    from recon.render import render
+
+    return render(g, cams, replace(settings, backend="reference"))
+
+
+class _FakeClient:
+    """A connected browser as SceneView sees it: an id, a camera state and a scene."""
+
+    def __init__(self, client_id: int, cam: Camera) -> None:
+        from recon.view.scene import camera_wxyz_position, vertical_fov
+
+        wxyz, pos = camera_wxyz_position(cam)
+        self.client_id, self.frames = client_id, 0
+        self.camera = type("CameraState", (), dict(wxyz=wxyz, position=pos, fov=vertical_fov(cam),
+                                                  image_width=cam.width, image_height=cam.height))()
+        self.scene = self
+
+    def set_background_image(self, image, **_):
+        self.frames += 1
+
+
+def test_server_renders_share_one_budget_round_robin_latest_camera_wins(monkeypatch):
+    """16 browsers moving their cameras as fast as they can: renders take at most the budget's
+    share of wall time, every browser is served in turn, older cameras are superseded (one
+    pending entry per browser, whatever the request rate)."""
+    from types import SimpleNamespace
+
+    cams = make_cameras()
+    server = ViewerServer(port=0, announce=False)
+
+    def slow_render(g, cams, settings):  # a 20 ms rasteriser
+        time.sleep(0.02)
+        return SimpleNamespace(rgb=torch.zeros(1, cams[0].height, cams[0].width, 3))
+
+    scene = SceneView(server, render_fn=slow_render, render_budget=0.2)
+    clients = {i: _FakeClient(i, cams[i % 3]) for i in range(16)}
+    monkeypatch.setattr(server.viser, "get_clients", lambda: clients)
+    try:
+        scene.set_gaussians(make_gaussians(50))
+        scene.mode.value = "rgb"
+        start = time.perf_counter()
+        # Until every browser has had two frames (or 60 s on a very busy machine).
+        while min(c.frames for c in clients.values()) < 2 and time.perf_counter() - start < 60:
+            for client in clients.values():
+                scene._request(client)  # what a camera update does
+                assert len(scene._pending) <= len(clients)
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        frames = sorted(c.frames for c in clients.values())
+        assert frames[0] >= 2 and frames[-1] - frames[0] <= 1, frames  # first come, first served
+        share = scene.render_seconds / wall
+        assert share <= 0.2 * 1.25, share  # the budget (a render that ended the loop may overshoot)
+        assert scene.frames_superseded > 10 * scene.renders_done
+    finally:
+        scene.close()
+        server.stop()
