@@ -167,7 +167,7 @@ def finished_run(tmp_path_factory) -> Path:
 
     from recon.export.ply import write_ply
     from recon.geometry import look_at
-    from recon.runs import NamedCamera, write_cameras_json
+    from recon.export.cameras_json import NamedCamera, write_cameras_json
     from recon.types import Camera, Gaussians
 
     run = tmp_path_factory.mktemp("view") / "run"
