@@ -98,7 +98,14 @@ def open_bar(description: str, total: float | None = None, *, enabled: bool = Tr
     calls); prefer :func:`stage`. ``transient=False`` leaves the finished bar on screen."""
     if not enabled or is_quiet():
         return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with _lock:
         progress = _state["progress"]

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-
 from recon.commands.choices import FORMATS, PROTOCOLS
 
 # With --resume the run's saved config.yaml and scene.json decide these; giving them too

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recon.data import BUILTIN_PREFIX, detect_format
-from recon.data.splits import DTU_VIEWS
+from recon.data.splits import BLENDER8_TRAIN, DTU_VIEWS
 
 # protocol -> preset (a protocol the preset was tuned and benchmarked for)
 PRESET_FOR_PROTOCOL = {"llff": "llff3", "dtu": "dtu3", "blender8": "blender8"}
@@ -67,7 +67,7 @@ def usual_protocol(root: Path, format: str) -> str:
     if format == "llff":
         return "llff"
     if format == "blender":
-        return "blender8"
+        return "blender8" if _blender_train_frames(root) > max(BLENDER8_TRAIN) else "farthest"
     if format == "dtu":
         return "dtu" if _dtu_camera_count(root) == DTU_VIEWS else "farthest"
     if format == "spare":
@@ -82,6 +82,15 @@ def usual_protocol(root: Path, format: str) -> str:
         if split is not None and root.name in read_spare_split(split):
             return "spare"
     return "farthest"
+
+
+def _blender_train_frames(root: Path) -> int:
+    import json
+
+    try:
+        return len(json.loads((root / "transforms_train.json").read_text()).get("frames", []))
+    except (OSError, ValueError, AttributeError):
+        return 0  # the loader reports what is wrong with the file
 
 
 def _dtu_camera_count(root: Path) -> int:
