@@ -42,6 +42,11 @@ AMBIENT = 0.4
 # Texture octaves in cycles per world unit; an octave fades out once its period covers
 # fewer than ~2.5 pixels (a cheap analytic pre-filter against aliasing on the far ground).
 OCTAVES = (3.0, 7.0, 15.0, 31.0)
+# The forward layout stops an octave earlier: at its working resolutions the finest octave
+# is a 2-3 pixel pattern on every surface, a test of aliasing rather than of reconstruction
+# (real forward-facing photos are not that sharp everywhere); 15 cycles/unit still gives
+# stereo a 5-pixel texture to match.
+FORWARD_OCTAVES = (3.0, 7.0, 15.0)
 MIN_PERIOD_PIXELS = 2.5
 _HASH_SIZE = 1 << 16
 
@@ -92,12 +97,13 @@ def make_synthetic_scene(
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float64)
     views = []
+    octaves = FORWARD_OCTAVES if layout == "forward" else OCTAVES
     if layout == "forward":
         poses = _camera_ring(rng, n_views, radius, arc_deg, FORWARD_ELEVATIONS_DEG, target_height=0.4)
     else:
         poses = _camera_ring(rng, n_views, radius, arc_deg)
     for i, T_cam_world in enumerate(poses):
-        image, depth, mask = _render(raycast, meshes, tables, palettes, backdrop, K, T_cam_world, width, height)
+        image, depth, mask = _render(raycast, meshes, tables, palettes, backdrop, octaves, K, T_cam_world, width, height)
         views.append(
             View(
                 name=f"view_{i:03d}",
@@ -237,17 +243,20 @@ def _value_noise(p: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _albedo(points: np.ndarray, footprint: np.ndarray, table: np.ndarray, palette: np.ndarray,
-            checker_axes: tuple[int, int] | None) -> np.ndarray:
+            checker_axes: tuple[int, int] | None, octaves: tuple[float, ...] = OCTAVES) -> np.ndarray:
     """Procedural colour [M, 3] of surface points [M, 3]; ``footprint`` [M] is the world
     size of one pixel there (octaves finer than a few pixels fade out). Backdrop surfaces
     (ground, wall) add a checker over the two world ``checker_axes`` of their plane."""
     blend = np.zeros((len(points), 2))
     weight_sum = 0.0
-    for k, freq in enumerate(OCTAVES):
+    for k, freq in enumerate(octaves):
         amp = 0.75**k  # slow decay: fine detail stays visible for stereo
         fade = np.clip((1.0 / freq) / (footprint * MIN_PERIOD_PIXELS) - 1.0, 0.0, 1.0)
+        live = fade > 0  # where the octave is faded out its value is 0.5 whatever the noise
         for c in range(2):
-            n = _value_noise(points * freq + 17.3 * (c + 1) + 5.1 * k, table)
+            n = np.full(len(points), 0.5)
+            if live.any():
+                n[live] = _value_noise(points[live] * freq + 17.3 * (c + 1) + 5.1 * k, table)
             blend[:, c] += amp * (fade * n + (1 - fade) * 0.5)
         weight_sum += amp
     blend /= weight_sum  # [M, 2] in [0, 1], concentrated around 0.5
@@ -263,7 +272,7 @@ def _albedo(points: np.ndarray, footprint: np.ndarray, table: np.ndarray, palett
     return colour
 
 
-def _render(raycast, meshes, tables, palettes, backdrop, K, T_cam_world, width, height):
+def _render(raycast, meshes, tables, palettes, backdrop, octaves, K, T_cam_world, width, height):
     """-> image [H, W, 3] float32, z-depth [H, W] float32 (0 on sky), mask [H, W] bool."""
     import open3d as o3d
 
@@ -293,7 +302,7 @@ def _render(raycast, meshes, tables, palettes, backdrop, K, T_cam_world, width, 
         for g in np.unique(geom[idx]):
             sel = geom[idx] == g
             axes = (0, 1) if g == 0 else (1, 2) if g in backdrop else None  # ground: x-y, wall: y-z
-            alb = _albedo(pts[sel], footprint[sel], tables[g], palettes[g], axes)
+            alb = _albedo(pts[sel], footprint[sel], tables[g], palettes[g], axes, octaves)
             colour[idx[sel]] = alb * shade[sel, None]
     depth = np.where(valid, t_hit, 0.0).reshape(height, width).astype(np.float32)
     mask = (valid & ~np.isin(geom, list(backdrop))).reshape(height, width)
