@@ -99,12 +99,13 @@ def handler(args: argparse.Namespace) -> int:
     from recon import progress
     from recon.optimise.events import FitControl
 
-    progress.set_quiet(args.quiet or args.no_progress)
+    if args.resume:
+        _check_resume_flags(args)
+    was_quiet = progress.is_quiet()
+    progress.set_quiet(was_quiet or args.quiet or args.no_progress)
     control = FitControl()
     listeners: list = [] if args.quiet or args.no_progress else [ProgressBar()]
     viewer = None
-    if args.resume:
-        _check_resume_flags(args)
     if args.view:
         from recon.view.live import LiveViewer  # lazy: viser only when asked for
 
@@ -123,6 +124,7 @@ def handler(args: argparse.Namespace) -> int:
     finally:
         if viewer is not None:
             viewer.close()
+        progress.set_quiet(was_quiet)  # the flag is this command's, not the process's
     return 0
 
 
