@@ -20,6 +20,8 @@ photo-consistency holds exactly and stereo can match the procedural textures.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -102,8 +104,14 @@ def make_synthetic_scene(
         poses = _camera_ring(rng, n_views, radius, arc_deg, FORWARD_ELEVATIONS_DEG, target_height=0.4)
     else:
         poses = _camera_ring(rng, n_views, radius, arc_deg)
-    for i, T_cam_world in enumerate(poses):
-        image, depth, mask = _render(raycast, meshes, tables, palettes, backdrop, octaves, K, T_cam_world, width, height)
+    def render(T_cam_world):
+        return _render(raycast, meshes, tables, palettes, backdrop, octaves, K, T_cam_world, width, height)
+
+    # Views are independent (every random draw happened above): render them on threads, as
+    # numpy's array loops and open3d's ray casts release the GIL.
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        rendered = list(pool.map(render, poses))
+    for i, (T_cam_world, (image, depth, mask)) in enumerate(zip(poses, rendered)):
         views.append(
             View(
                 name=f"view_{i:03d}",
