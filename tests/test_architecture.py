@@ -23,9 +23,9 @@ LAYERS: dict[str, int] = {
     "recon.init": 3,
     "recon.render": 4,
     "recon.optimise": 5,
-    # 6 what a run produces: file formats (PLY, mesh, cameras.json, run folder files) and
+    # 6 what a run produces: file formats (PLY, mesh, cameras.json, the run folder's files) and
     # image scores. Below the pipeline, which writes and scores every fit.
-    "recon.export": 6, "recon.runs": 6, "recon.evaluate.metrics": 6, "recon.evaluate.lpips": 6,
+    "recon.export": 6, "recon.evaluate.metrics": 6, "recon.evaluate.lpips": 6,
     "recon.pipeline": 7,
     # 8 consumers of fits and run folders: `recon eval`, benchmarks, reports, the viewer
     "recon.evaluate": 8, "recon.view": 8,

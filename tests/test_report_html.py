@@ -21,7 +21,7 @@ def _write_run(run: Path, with_gt_folder: bool) -> dict:
     import imageio.v3 as iio
 
     from recon.geometry import look_at
-    from recon.runs import NamedCamera, write_cameras_json
+    from recon.export.cameras_json import NamedCamera, write_cameras_json
     from recon.types import Camera
 
     rng = np.random.default_rng(0)

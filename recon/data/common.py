@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from recon.errors import SceneError
-from recon.geometry import is_rotation
+from recon.geometry import axes_meeting_point, is_rotation
 from recon.types import Camera, Normalisation, Scene, Split, View
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -193,29 +193,15 @@ def resize_view(view: View, width: int, height: int) -> View:
 # ---------------------------------------------------------------- normalisation
 
 
-def focus_point(views: tuple[View, ...] | list[View], min_spread: float = 0.02) -> Tensor | None:
-    """[3] least-squares point nearest to every optical axis (what inward-facing cameras
-    look at), or None when the axes are near-parallel (forward-facing captures) or the
-    point is behind the cameras."""
-    centres = torch.stack([v.camera.centre.double() for v in views])  # [N, 3]
-    axes = torch.stack([v.camera.T_cam_world[2, :3].double() for v in views])  # [N, 3] forward
-    axes = axes / axes.norm(dim=-1, keepdim=True)
-    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # [N, 3, 3]
-    A, b = proj.sum(0), (proj @ centres[:, :, None]).sum(0)[:, 0]
-    if float(torch.linalg.eigvalsh(A)[0]) < min_spread * len(views):  # axes (almost) parallel
-        return None
-    point = torch.linalg.solve(A, b)  # [3]
-    in_front = ((point - centres) * axes).sum(-1) > 0
-    return point if float(in_front.float().mean()) > 0.9 else None
-
-
 def camera_normalisation(views: tuple[View, ...] | list[View]) -> Normalisation:
     """Centre at the point the cameras look at (inward-facing captures) or else the mean
     camera centre (forward-facing); scale so the camera centres fit in a unit sphere
     around it (10% margin). Computed from every view (not the split) so it never depends
     on which views are held out. One camera (or coincident ones) keeps scale 1."""
     centres = torch.stack([v.camera.centre.double() for v in views])  # [N, 3]
-    focus = focus_point(views) if len(views) >= 3 else None
+    axes = torch.stack([v.camera.T_cam_world[2, :3].double() for v in views])  # [N, 3] forward
+    # where inward-facing cameras look; None for forward-facing ones
+    focus = axes_meeting_point(centres, axes) if len(views) >= 3 else None
     centre = focus if focus is not None else centres.mean(0)
     radius = float((centres - centre).norm(dim=-1).max()) * 1.1
     scale = 1.0 / radius if radius > 1e-9 else 1.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon.runs import NamedCamera, write_cameras_json
+from recon.export.cameras_json import NamedCamera, write_cameras_json
 from recon.types import Camera, Gaussians, Scene, Split, View
 from recon.visual import colour_depth
 
@@ -22,7 +22,7 @@ class RunLog:
     run keeps its log)."""
 
     def __init__(self, path: Path, every: int):
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole fit, closed in on_finish/close
         self.every = every
 
     def on_start(self, event) -> None:

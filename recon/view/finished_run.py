@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon import runs
 from recon.errors import ReconError, SceneError
+from recon.export import cameras_json
 from recon.types import Gaussians
 from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
 PlyReader = Callable[[Path], Gaussians]
+FINISHED_RUN_RENDER_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def _default_read_ply(path: Path) -> Gaussians:
 
 def read_cameras_json(path: Path) -> CameraSet:
     """cameras.json -> the train and test cameras the viewer shows (other splits hidden)."""
-    cams = runs.read_cameras_json(path)
+    cams = cameras_json.read_cameras_json(path)
     train = [c for c in cams if c.split == "train"]
     test = [c for c in cams if c.split == "test"]
     return CameraSet(train=tuple(c.camera for c in train), train_names=tuple(c.name for c in train),
@@ -86,11 +87,12 @@ class RunViewer:
     """Serves one finished run. ``RunViewer(...).serve_forever()`` blocks until Ctrl-C."""
 
     def __init__(self, contents: RunContents, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 *, render_fn=None, announce: bool = True) -> None:
+                 *, render_fn=None, announce: bool = True, token: str | None = None) -> None:
         self.contents = contents
         title = f"recon: {(contents.run_dir or contents.ply_path).name}"
-        self.server = ViewerServer(host, port, title=title, announce=announce)
-        self.scene = SceneView(self.server, render_fn=render_fn)
+        self.server = ViewerServer(host, port, title=title, announce=announce, token=token)
+        # No fit to protect here: server renders may use half the wall time.
+        self.scene = SceneView(self.server, render_fn=render_fn, render_budget=FINISHED_RUN_RENDER_BUDGET)
         with self.server.gui.add_folder("Run", order=0):
             self.server.gui.add_markdown(
                 f"`{contents.ply_path}`  \n{len(contents.gaussians):,} Gaussians, "
