@@ -20,8 +20,8 @@ def _write_run(run: Path, with_gt_folder: bool) -> dict:
     """A run folder with the files `recon fit` writes (small images)."""
     import imageio.v3 as iio
 
-    from recon.geometry import look_at
     from recon.export.cameras_json import NamedCamera, write_cameras_json
+    from recon.geometry import look_at
     from recon.types import Camera
 
     rng = np.random.default_rng(0)
