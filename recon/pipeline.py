@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.export import run_outputs
+from recon.export import report_html, run_outputs
 from recon.geometry import unproject_depth
 from recon.optimise.checkpoint import (earlier_total_seconds, find_resume_checkpoint, load_checkpoint, resume_record,
                                       save_checkpoint)
@@ -231,7 +231,8 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
         if resume:
             ckpt, skipped = find_resume_checkpoint(run)  # skips (and warns about) a truncated newest one
             if ckpt is None:
-                warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning)
+                warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning,
+                              stacklevel=2)
             else:
                 state = load_checkpoint(ckpt)
                 trainer.load_state_dict(state)
@@ -287,6 +288,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     run_outputs.write_metrics_json(run, metrics)
     run_outputs.write_run_cameras(run, train, result.cameras, test)
     run_outputs.training_curve(run / "training_curve.png", result.history)
+    report_html.write_report(run, ground_truth={v.name: v.image for v in test})
     return metrics
 
 
@@ -316,13 +318,14 @@ def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) ->
 
 def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple[dict, list[dict], dict]:
     from recon.evaluate.metrics import image_metrics, load_lpips, summarise
+    from recon.progress import track
 
     scorer, reason = load_lpips("alex")
     style = _METRIC_STYLE.get(protocol)
     if style is not None and any(v.mask is None for v in test):
         style = None  # no masks in this scene: full-image metrics only
     per_view = []
-    for v, p in zip(test, preds):
+    for v, p in track(list(zip(test, preds)), "scoring test views"):
         per_view.append({"name": v.name, **image_metrics(p, v.image, v.mask, style=style, lpips=scorer)})
     impl = {"psnr": "recon.evaluate.metrics.psnr", "ssim": "recon.evaluate.metrics.ssim (11x11 Gaussian)",
             "lpips": "alex" if scorer is not None else None, "style": style}
