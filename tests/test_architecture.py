@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "recon"
 LAYERS: dict[str, int] = {
     # 0 shared: conventions, errors, colour maps
     "recon": 0,  # the package __init__ (version only)
-    "recon.types": 0, "recon.errors": 0, "recon.geometry": 0, "recon.visual": 0,
+    "recon.types": 0, "recon.errors": 0, "recon.geometry": 0, "recon.visual": 0, "recon.progress": 0,
     "recon.timing": 0,  # stage timer (metrics.json's time_breakdown), used from init to the pipeline
     "recon.data": 1,
     "recon.priors": 2,

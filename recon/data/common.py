@@ -23,7 +23,7 @@ from recon.geometry import axes_meeting_point, is_rotation
 from recon.types import Camera, Normalisation, Scene, Split, View
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# Above this many images a progress bar is shown (only on a terminal: tqdm's disable=None).
+# Above this many images a progress bar is shown (recon.progress: drawn only on a terminal).
 PROGRESS_MIN_IMAGES = 16
 
 
@@ -83,13 +83,12 @@ def read_gray(path: Path) -> np.ndarray:
 def read_many(paths: list[Path], reader=read_image, desc: str = "reading images") -> list[np.ndarray]:
     """Read files in parallel threads (decoders release the GIL) with a progress bar
     for long lists on a terminal."""
-    from tqdm.auto import tqdm
+    from recon.progress import track
 
     workers = min(8, os.cpu_count() or 1, max(1, len(paths)))
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(reader, paths)
-        disable = None if len(paths) >= PROGRESS_MIN_IMAGES else True
-        return list(tqdm(it, total=len(paths), desc=desc, unit="img", disable=disable, leave=False))
+        return list(track(it, desc, total=len(paths), enabled=len(paths) >= PROGRESS_MIN_IMAGES))
 
 
 def check_same_size(arrays: list[np.ndarray], paths: list[Path]) -> tuple[int, int]:

@@ -56,9 +56,11 @@ def render_views(run: Path, split_name: str, gaussians: Gaussians, views: Sequen
                  cameras: Sequence[Camera], render_fn, settings) -> list[Tensor]:
     """Renders each view, writes ``renders/<split>/<name>.png`` and its colour-mapped depth
     ``renders/depth/<split>_<name>.png``; returns the float renders [H, W, 3] in [0, 1]."""
+    from recon.progress import track
+
     out = []
     with torch.no_grad():
-        for v, cam in zip(views, cameras):
+        for v, cam in track(list(zip(views, cameras)), f"rendering {split_name} views"):
             with stage("eval_render"):
                 r = render_fn(gaussians, [cam], settings)
             rgb = r.rgb[0].clamp(0, 1)  # [H, W, 3]

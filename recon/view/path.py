@@ -153,10 +153,10 @@ def render_path(
     render_fn = render_fn or default_render_fn
     w, h = _video_size(path[0], max_side)
     frames = []
-    from tqdm import tqdm
+    from recon.progress import track
 
     with torch.no_grad():
-        for cam in tqdm(path, desc=f"rendering {out.name}", unit="frame", disable=not progress):
+        for cam in track(path, f"rendering {out.name}", enabled=progress):
             rgb = render_fn(gaussians, [cam.scaled(w, h)], settings).rgb[0]  # [H, W, 3]
             frames.append((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
     out.parent.mkdir(parents=True, exist_ok=True)
