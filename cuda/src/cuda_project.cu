@@ -13,25 +13,6 @@ namespace {
 
 using cuda::kThreadsPerBlock;
 
-struct CamF {
-    Mat3<float> R;
-    Vec3<float> t;
-    Intrinsics<float> K;
-    Vec3<float> centre;
-};
-
-__device__ __forceinline__ CamF load_camera(const float *viewmat, const float *Kmat) {
-    CamF c;
-#pragma unroll
-    for (int i = 0; i < 3; ++i)
-#pragma unroll
-        for (int j = 0; j < 3; ++j) c.R.m[i][j] = viewmat[4 * i + j];
-    c.t = {viewmat[3], viewmat[7], viewmat[11]};
-    c.K = {Kmat[0], Kmat[4], Kmat[2], Kmat[5]};
-    c.centre = camera_centre(c.R, c.t);
-    return c;
-}
-
 // One thread per (camera, Gaussian), i = c * N + n. Culled entries get all-zero outputs.
 __global__ void project_forward_kernel(ProjectParams p, const float *__restrict__ means,
                                        const float *__restrict__ log_scales,
@@ -47,7 +28,7 @@ __global__ void project_forward_kernel(ProjectParams p, const float *__restrict_
     if (i >= int64_t(p.C) * p.N) return;
     const int c = int(i / p.N);
     const int64_t n = i - int64_t(c) * p.N;
-    const CamF cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
+    const CameraView<float> cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
     const Vec3<float> mean = {means[3 * n], means[3 * n + 1], means[3 * n + 2]};
 
     Vec3<float> pc = matvec(cam.R, mean);
@@ -161,42 +142,15 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                 opacity_raw = sigmoid(opacity_logits[n]);
                 loaded = true;
             }
-            const CamF cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
-            Vec3<float> pc;
-            Mat3<float> cov_c;
-            world_to_cam(cam.R, cam.t, mean, cov, pc, cov_c);
-            Vec2<float> m2;
-            Sym2<float> cov2d, conic;
-            float comp, det;
-            persp_proj(pc, cov_c, cam.K, p.width, p.height, m2, cov2d);
-            conic_from_cov2d(cov2d, conic, comp, det);
-            // Opacity: o = sigmoid(logit) [* compensation].
-            float v_comp = 0.f;
-            if (p.antialiased) {
-                v_op_raw += v_opacities[i] * comp;
-                v_comp = v_opacities[i] * opacity_raw;
-            } else {
-                v_op_raw += v_opacities[i];
-            }
-            Sym2<float> v_cov2d = {0.f, 0.f, 0.f};
-            const Sym2<float> v_conic = {v_conics[3 * i], v_conics[3 * i + 1], v_conics[3 * i + 2]};
-            conic_from_cov2d_vjp(cov2d, v_conic, v_comp, v_cov2d);
-            Vec3<float> v_pc = {0.f, 0.f, v_depths[i]};
-            Mat3<float> v_cov_c = mat3_zero<float>();
-            const Vec2<float> v_m2 = {v_means2d[2 * i], v_means2d[2 * i + 1]};
-            persp_proj_vjp(pc, cov_c, cam.K, p.width, p.height, v_m2, v_cov2d, v_pc, v_cov_c);
+            const CameraView<float> cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
             Mat3<float> v_R = mat3_zero<float>();
             Vec3<float> v_t = {0.f, 0.f, 0.f};
-            world_to_cam_vjp(cam.R, mean, cov, v_pc, v_cov_c, v_mean, v_cov, v_R, v_t);
-            // Colour from SH along the viewing direction mean - camera centre.
-            const Vec3<float> dir = {mean.x - cam.centre.x, mean.y - cam.centre.y,
-                                     mean.z - cam.centre.z};
-            const Vec3<float> v_col = {v_colors[3 * i], v_colors[3 * i + 1], v_colors[3 * i + 2]};
-            Vec3<float> v_dir = {0.f, 0.f, 0.f};
-            sh_color_vjp(p.sh_degree, dir, sh + int64_t(3) * p.K * n, v_col,
-                         v_sh + int64_t(3) * p.K * n, v_dir);
-            v_mean = {v_mean.x + v_dir.x, v_mean.y + v_dir.y, v_mean.z + v_dir.z};
-            camera_centre_vjp(cam.R, cam.t, Vec3<float>{-v_dir.x, -v_dir.y, -v_dir.z}, v_R, v_t);
+            project_vjp(cam, p.width, p.height, p.antialiased, p.sh_degree, mean, cov, opacity_raw,
+                        sh + int64_t(3) * p.K * n, Vec2<float>{v_means2d[2 * i], v_means2d[2 * i + 1]},
+                        Sym2<float>{v_conics[3 * i], v_conics[3 * i + 1], v_conics[3 * i + 2]},
+                        Vec3<float>{v_colors[3 * i], v_colors[3 * i + 1], v_colors[3 * i + 2]},
+                        v_opacities[i], v_depths[i], v_mean, v_cov, v_op_raw,
+                        v_sh + int64_t(3) * p.K * n, v_R, v_t);
 #pragma unroll
             for (int r = 0; r < 3; ++r) {
 #pragma unroll

@@ -17,6 +17,7 @@
 //   6. project_backward       gradients of Gaussians and camera poses
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace recon {
@@ -79,10 +80,11 @@ void cpu_count_tiles(const TileParams& p, const T* means2d, const int32_t* radii
 //    of camera c are flat_ids[tile_offsets[c*TY*TX + t] : tile_offsets[c*TY*TX + t + 1]];
 //    flat_ids [n_isect] int32: Gaussian index in [0, N), sorted by depth (nearest first;
 //    the CPU breaks ties by index, CUDA may not) within each tile.
+// temp / temp_bytes: scratch, unused on the CPU (kept so both backends share one signature).
 template <typename T>
 void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radii, const T* depths,
                       const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets,
-                      int32_t* flat_ids);
+                      int32_t* flat_ids, void* temp, size_t temp_bytes);
 
 // Screen-space Gaussians [C,N,*] as produced by project_forward, tile lists from
 // bin_and_sort -> rgb [C,H,W,3] (no background), depth_sum [C,H,W] (sum of weight x z,
@@ -95,13 +97,32 @@ void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, 
 
 // Forward inputs and outputs (alpha, n_contrib) plus v_rgb [C,H,W,3], v_depth_sum [C,H,W],
 // v_alpha [C,H,W] -> accumulates v_means2d [C,N,2], v_conics [C,N,3], v_colors [C,N,3],
-// v_opacities [C,N], v_depths [C,N]. Race-free: per-thread buffers, then a reduction.
+// v_opacities [C,N], v_depths [C,N]. Race-free and bit-identical for any thread count:
+// one slot per tile-list entry, summed per Gaussian in tile order.
 template <typename T>
 void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics, const T* colors,
                          const T* opacities, const T* depths, const int64_t* tile_offsets,
                          const int32_t* flat_ids, const T* alpha, const int32_t* n_contrib,
                          const T* v_rgb, const T* v_depth_sum, const T* v_alpha, T* v_means2d,
                          T* v_conics, T* v_colors, T* v_opacities, T* v_depths);
+
+// Work counted by the last cpu_raster_forward / cpu_raster_backward call (any dtype), for
+// the benchmark's throughput figures: pixel lanes evaluated (TS per tile row visited per
+// entry), Gaussian-pixel pairs blended in forward, and tile-list entries.
+struct CpuRasterStats {
+  int64_t forward_lanes = 0;
+  int64_t forward_blended = 0;
+  int64_t backward_lanes = 0;
+  int64_t n_isect = 0;
+};
+CpuRasterStats cpu_last_raster_stats();
+// Instruction set of the CPU blending kernels in use ("avx512", "avx2", "generic"), chosen
+// at run time, and its float lanes per vector.
+const char* cpu_isa();
+int cpu_isa_float_lanes();
+// Measured lane-FMAs per second of `threads` threads running `iters` rounds of independent
+// FMA chains with that instruction set (the machine's peak for the blending kernels).
+double cpu_fma_rate(int64_t iters, int threads);
 
 // ---------------------------------------------------------------------------------------
 // CUDA backend: the same contracts with float device pointers. count_tiles and

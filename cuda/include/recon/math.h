@@ -445,6 +445,72 @@ RECON_HD void camera_centre_vjp(const Mat3<T>& R, const Vec3<T>& t, const Vec3<T
   v_t.x -= vt.x; v_t.y -= vt.y; v_t.z -= vt.z;
 }
 
+// ---------------------------------------------------------------------------------------
+// One camera as the projection uses it: T_cam_world = [R | t], intrinsics, and the centre
+// -R^T t in world coordinates (for the SH viewing direction).
+template <typename T> struct CameraView {
+  Mat3<T> R;
+  Vec3<T> t;
+  Intrinsics<T> K;
+  Vec3<T> centre;
+};
+
+// viewmat [4, 4] row-major T_cam_world, Kmat [3, 3].
+template <typename T> RECON_HD CameraView<T> load_camera(const T* viewmat, const T* Kmat) {
+  CameraView<T> c;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) c.R.m[i][j] = viewmat[4 * i + j];
+  c.t = {viewmat[3], viewmat[7], viewmat[11]};
+  c.K = {Kmat[0], Kmat[4], Kmat[2], Kmat[5]};
+  c.centre = camera_centre(c.R, c.t);
+  return c;
+}
+
+// Vector-Jacobian product of the whole projection of one visible Gaussian into one camera
+// (world_to_cam -> persp_proj -> conic_from_cov2d [-> compensation] and sh_color along
+// mean - centre): the one call chain both backends run, so they cannot diverge.
+// Upstream: v_mean2d, v_conic, v_color, v_opacity, v_depth of this (camera, Gaussian).
+// Accumulates v_mean, v_cov (world covariance), v_opacity_raw (w.r.t. sigmoid(logit)),
+// v_sh [K, 3], and the pose gradient v_R, v_t of this camera.
+template <typename T>
+RECON_HD void project_vjp(const CameraView<T>& cam, int width, int height, bool antialiased, int sh_degree,
+                          const Vec3<T>& mean, const Mat3<T>& cov, T opacity_raw, const T* sh,
+                          const Vec2<T>& v_mean2d, const Sym2<T>& v_conic, const Vec3<T>& v_color,
+                          T v_opacity, T v_depth, Vec3<T>& v_mean, Mat3<T>& v_cov, T& v_opacity_raw,
+                          T* v_sh, Mat3<T>& v_R, Vec3<T>& v_t) {
+  Vec3<T> pc;
+  Mat3<T> cov_c;
+  world_to_cam(cam.R, cam.t, mean, cov, pc, cov_c);
+  Vec2<T> m2;
+  Sym2<T> cov2d, conic;
+  T comp, det;
+  persp_proj(pc, cov_c, cam.K, width, height, m2, cov2d);
+  conic_from_cov2d(cov2d, conic, comp, det);
+  // Opacity: o = sigmoid(logit) [* compensation].
+  T v_comp = T(0);
+  if (antialiased) {
+    v_opacity_raw += v_opacity * comp;
+    v_comp = v_opacity * opacity_raw;
+  } else {
+    v_opacity_raw += v_opacity;
+  }
+  Sym2<T> v_cov2d = {T(0), T(0), T(0)};
+  conic_from_cov2d_vjp(cov2d, v_conic, v_comp, v_cov2d);
+  Vec3<T> v_pc = {T(0), T(0), v_depth};
+  Mat3<T> v_cov_c = mat3_zero<T>();
+  persp_proj_vjp(pc, cov_c, cam.K, width, height, v_mean2d, v_cov2d, v_pc, v_cov_c);
+  world_to_cam_vjp(cam.R, mean, cov, v_pc, v_cov_c, v_mean, v_cov, v_R, v_t);
+  // Colour from SH along the viewing direction mean - camera centre.
+  const Vec3<T> dir = {mean.x - cam.centre.x, mean.y - cam.centre.y, mean.z - cam.centre.z};
+  Vec3<T> v_dir = {T(0), T(0), T(0)};
+  sh_color_vjp(sh_degree, dir, sh, v_color, v_sh, v_dir);
+  v_mean.x += v_dir.x;
+  v_mean.y += v_dir.y;
+  v_mean.z += v_dir.z;
+  const Vec3<T> v_centre = {-v_dir.x, -v_dir.y, -v_dir.z};
+  camera_centre_vjp(cam.R, cam.t, v_centre, v_R, v_t);
+}
+
 // ---------------------------------------------------------------- tile binning
 // One formula for both backends: count_tiles and bin_and_sort (CPU and CUDA) must agree
 // exactly on which tiles a Gaussian touches, or lists and counts would disagree.
