@@ -135,14 +135,14 @@ RECON_ALWAYS_INLINE void backward_chunk(const BackwardArgs<T>& a, int64_t n0, in
 }
 
 // Per-ISA copies of the chunk loops (the always-inline bodies vectorise/fuse per target).
-#define RECON_PROJECT_WRAPPERS(NS, TARGET)                                                         \
-  namespace NS {                                                                                   \
-  template <typename T> TARGET void forward(const ForwardArgs<T>& a, int64_t n0, int64_t n1) {     \
-    forward_chunk(a, n0, n1);                                                                      \
-  }                                                                                                \
+#define RECON_PROJECT_WRAPPERS(NS, TARGET)                                                                \
+  namespace NS {                                                                                          \
+  template <typename T> TARGET void forward(const ForwardArgs<T>& a, int64_t n0, int64_t n1) {            \
+    forward_chunk(a, n0, n1);                                                                             \
+  }                                                                                                       \
   template <typename T> TARGET void backward(const BackwardArgs<T>& a, int64_t n0, int64_t n1, T* pose) { \
-    backward_chunk(a, n0, n1, pose);                                                               \
-  }                                                                                                \
+    backward_chunk(a, n0, n1, pose);                                                                      \
+  }                                                                                                       \
   }
 #define RECON_NO_TARGET
 RECON_PROJECT_WRAPPERS(generic, RECON_NO_TARGET)
@@ -161,9 +161,12 @@ template <typename T> Kernels<T> kernels() {
 #if RECON_X86
   if (sizeof(T) == sizeof(float)) {  // double is for gradient checks: baseline only
     switch (cpu::active_isa()) {
-      case cpu::Isa::kAvx512: return {&avx512::forward<T>, &avx512::backward<T>};
-      case cpu::Isa::kAvx2: return {&avx2::forward<T>, &avx2::backward<T>};
-      default: break;
+      case cpu::Isa::kAvx512:
+        return {&avx512::forward<T>, &avx512::backward<T>};
+      case cpu::Isa::kAvx2:
+        return {&avx2::forward<T>, &avx2::backward<T>};
+      default:
+        break;
     }
   }
 #endif
@@ -180,11 +183,11 @@ template <typename T> std::vector<CameraView<T>> load_cameras(int C, const T* vi
 
 template <typename T>
 void cpu_project_forward(const ProjectParams& p, const T* means, const T* log_scales, const T* quats,
-                         const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks,
-                         T* means2d, T* conics, T* colors, T* opacities, T* depths, int32_t* radii) {
+                         const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks, T* means2d,
+                         T* conics, T* colors, T* opacities, T* depths, int32_t* radii) {
   const std::vector<CameraView<T>> cams = load_cameras(p.C, viewmats, Ks);
-  const ForwardArgs<T> a{&p,     cams.data(), means,     log_scales, quats, opacity_logits, sh,
-                         means2d, conics,     colors,    opacities,  depths, radii};
+  const ForwardArgs<T> a{&p,      cams.data(), means,  log_scales, quats,  opacity_logits, sh,
+                         means2d, conics,      colors, opacities,  depths, radii};
   const auto run = kernels<T>().forward;
   const int64_t chunks = (int64_t(p.N) + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -194,13 +197,28 @@ void cpu_project_forward(const ProjectParams& p, const T* means, const T* log_sc
 template <typename T>
 void cpu_project_backward(const ProjectParams& p, const T* means, const T* log_scales, const T* quats,
                           const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks,
-                          const int32_t* radii, const T* v_means2d, const T* v_conics,
-                          const T* v_colors, const T* v_opacities, const T* v_depths, T* v_means,
-                          T* v_log_scales, T* v_quats, T* v_opacity_logits, T* v_sh, T* v_viewmats) {
+                          const int32_t* radii, const T* v_means2d, const T* v_conics, const T* v_colors,
+                          const T* v_opacities, const T* v_depths, T* v_means, T* v_log_scales, T* v_quats,
+                          T* v_opacity_logits, T* v_sh, T* v_viewmats) {
   const std::vector<CameraView<T>> cams = load_cameras(p.C, viewmats, Ks);
-  const BackwardArgs<T> a{&p,       cams.data(), means,   log_scales,   quats,    opacity_logits,
-                          sh,       radii,       v_means2d, v_conics,   v_colors, v_opacities,
-                          v_depths, v_means,     v_log_scales, v_quats, v_opacity_logits, v_sh};
+  const BackwardArgs<T> a{&p,
+                          cams.data(),
+                          means,
+                          log_scales,
+                          quats,
+                          opacity_logits,
+                          sh,
+                          radii,
+                          v_means2d,
+                          v_conics,
+                          v_colors,
+                          v_opacities,
+                          v_depths,
+                          v_means,
+                          v_log_scales,
+                          v_quats,
+                          v_opacity_logits,
+                          v_sh};
   const auto run = kernels<T>().backward;
   const int64_t chunks = (int64_t(p.N) + kChunk - 1) / kChunk;
   std::vector<T> pose(size_t(chunks) * p.C * 12, T(0));  // [chunks, C, 12]
@@ -212,13 +230,12 @@ void cpu_project_backward(const ProjectParams& p, const T* means, const T* log_s
       for (int k = 0; k < 12; ++k) v_viewmats[16 * c + k] += pose[(size_t(ch) * p.C + c) * 12 + k];
 }
 
-#define RECON_INSTANTIATE(T)                                                                        \
-  template void cpu_project_forward<T>(const ProjectParams&, const T*, const T*, const T*, const T*, \
-                                       const T*, const T*, const T*, T*, T*, T*, T*, T*, int32_t*);   \
-  template void cpu_project_backward<T>(const ProjectParams&, const T*, const T*, const T*,         \
-                                        const T*, const T*, const T*, const T*, const int32_t*,     \
-                                        const T*, const T*, const T*, const T*, const T*, T*, T*,   \
-                                        T*, T*, T*, T*);
+#define RECON_INSTANTIATE(T)                                                                              \
+  template void cpu_project_forward<T>(const ProjectParams&, const T*, const T*, const T*, const T*,      \
+                                       const T*, const T*, const T*, T*, T*, T*, T*, T*, int32_t*);       \
+  template void cpu_project_backward<T>(const ProjectParams&, const T*, const T*, const T*, const T*,     \
+                                        const T*, const T*, const T*, const int32_t*, const T*, const T*, \
+                                        const T*, const T*, const T*, T*, T*, T*, T*, T*, T*);
 RECON_INSTANTIATE(float)
 RECON_INSTANTIATE(double)
 #undef RECON_INSTANTIATE

@@ -47,8 +47,8 @@ std::unique_ptr<T[]> splat_extents(int64_t CN, const T* conics, const T* opaciti
 }
 
 template <typename T>
-cpu::Splats<T> camera_splats(const TileParams& p, int64_t c, const T* means2d, const T* conics, const T* colors,
-                             const T* opacities, const T* depths, const T* extents) {
+cpu::Splats<T> camera_splats(const TileParams& p, int64_t c, const T* means2d, const T* conics,
+                             const T* colors, const T* opacities, const T* depths, const T* extents) {
   const int64_t o = c * p.N;
   return {means2d + 2 * o, conics + 3 * o, colors + 3 * o, opacities + o, depths + o, extents + 3 * o};
 }
@@ -84,8 +84,8 @@ void cpu_count_tiles(const TileParams& p, const T* means2d, const int32_t* radii
 
 template <typename T>
 void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radii, const T* depths,
-                      const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets,
-                      int32_t* flat_ids, void* temp, size_t temp_bytes) {
+                      const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets, int32_t* flat_ids,
+                      void* temp, size_t temp_bytes) {
   (void)isect_offsets;
   (void)temp;
   (void)temp_bytes;
@@ -157,9 +157,9 @@ void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, 
 template <typename T>
 void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics, const T* colors,
                          const T* opacities, const T* depths, const int64_t* tile_offsets,
-                         const int32_t* flat_ids, const T* alpha, const int32_t* n_contrib,
-                         const T* v_rgb, const T* v_depth_sum, const T* v_alpha, T* v_means2d,
-                         T* v_conics, T* v_colors, T* v_opacities, T* v_depths) {
+                         const int32_t* flat_ids, const T* alpha, const int32_t* n_contrib, const T* v_rgb,
+                         const T* v_depth_sum, const T* v_alpha, T* v_means2d, T* v_conics, T* v_colors,
+                         T* v_opacities, T* v_depths) {
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C, CN = int64_t(p.C) * p.N;
   const int64_t n_isect = tile_offsets[jobs];
   constexpr int G = kGradSlots;
@@ -193,7 +193,8 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
     std::vector<int64_t> cursor(first.begin(), first.end() - 1);
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t base = (job / n_tiles) * p.N;
-      for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k) order[cursor[base + flat_ids[k]]++] = k;
+      for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k)
+        order[cursor[base + flat_ids[k]]++] = k;
     }
   }
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
@@ -242,17 +243,15 @@ double cpu_fma_rate(int64_t iters, int threads) {
   return sink == 12345.678 ? 0.0 : lane_fmas / dt;
 }
 
-#define RECON_INSTANTIATE(T)                                                                       \
-  template void cpu_count_tiles<T>(const TileParams&, const T*, const int32_t*, int32_t*);          \
-  template void cpu_bin_and_sort<T>(const TileParams&, const T*, const int32_t*, const T*,        \
-                                    const int64_t*, int64_t, int64_t*, int32_t*, void*, size_t);                 \
-  template void cpu_raster_forward<T>(const TileParams&, const T*, const T*, const T*, const T*,  \
-                                      const T*, const int64_t*, const int32_t*, T*, T*, T*,       \
-                                      int32_t*);                                                   \
-  template void cpu_raster_backward<T>(const TileParams&, const T*, const T*, const T*, const T*, \
-                                       const T*, const int64_t*, const int32_t*, const T*,        \
-                                       const int32_t*, const T*, const T*, const T*, T*, T*, T*,  \
-                                       T*, T*);
+#define RECON_INSTANTIATE(T)                                                                                \
+  template void cpu_count_tiles<T>(const TileParams&, const T*, const int32_t*, int32_t*);                  \
+  template void cpu_bin_and_sort<T>(const TileParams&, const T*, const int32_t*, const T*, const int64_t*,  \
+                                    int64_t, int64_t*, int32_t*, void*, size_t);                            \
+  template void cpu_raster_forward<T>(const TileParams&, const T*, const T*, const T*, const T*, const T*,  \
+                                      const int64_t*, const int32_t*, T*, T*, T*, int32_t*);                \
+  template void cpu_raster_backward<T>(const TileParams&, const T*, const T*, const T*, const T*, const T*, \
+                                       const int64_t*, const int32_t*, const T*, const int32_t*, const T*,  \
+                                       const T*, const T*, T*, T*, T*, T*, T*);
 RECON_INSTANTIATE(float)
 RECON_INSTANTIATE(double)
 #undef RECON_INSTANTIATE

@@ -19,20 +19,19 @@ namespace {
 
 // One wrapper per (ISA, scalar type, tile size): the always-inline kernels are inlined
 // here, so they vectorise with the wrapper's target.
-#define RECON_TILE_WRAPPERS(NS, TARGET)                                                          \
-  namespace NS {                                                                                 \
-  template <typename T, int TS>                                                                  \
-  TARGET void forward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb, \
-                      T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts) {          \
-    forward_tile<T, TS>(g, ids, n, tile, rgb, depth_sum, alpha, n_contrib, counts);              \
-  }                                                                                              \
-  template <typename T, int TS>                                                                  \
-  TARGET void backward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile,      \
-                       const T* alpha, const int32_t* n_contrib, const T* v_rgb,                 \
-                       const T* v_depth_sum, const T* v_alpha, T* grads, TileCounts& counts) {   \
-    backward_tile<T, TS>(g, ids, n, tile, alpha, n_contrib, v_rgb, v_depth_sum, v_alpha, grads,  \
-                         counts);                                                                \
-  }                                                                                              \
+#define RECON_TILE_WRAPPERS(NS, TARGET)                                                                     \
+  namespace NS {                                                                                            \
+  template <typename T, int TS>                                                                             \
+  TARGET void forward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb,          \
+                      T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts) {                     \
+    forward_tile<T, TS>(g, ids, n, tile, rgb, depth_sum, alpha, n_contrib, counts);                         \
+  }                                                                                                         \
+  template <typename T, int TS>                                                                             \
+  TARGET void backward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, const T* alpha, \
+                       const int32_t* n_contrib, const T* v_rgb, const T* v_depth_sum, const T* v_alpha,    \
+                       T* grads, TileCounts& counts) {                                                      \
+    backward_tile<T, TS>(g, ids, n, tile, alpha, n_contrib, v_rgb, v_depth_sum, v_alpha, grads, counts);    \
+  }                                                                                                         \
   }
 
 #define RECON_NO_TARGET
@@ -44,10 +43,12 @@ RECON_TILE_WRAPPERS(avx512, RECON_TARGET_AVX512)
 #undef RECON_TILE_WRAPPERS
 
 // Kernels of one ISA for one scalar type, by tile size.
-#define RECON_KERNELS(NS, T, TS) TileKernels<T>{&NS::forward<T, TS>, &NS::backward<T, TS>}
-#define RECON_PICK_SIZE(NS, T)                                    \
-  (tile_size == 8 ? RECON_KERNELS(NS, T, 8)                       \
-                  : tile_size == 32 ? RECON_KERNELS(NS, T, 32) : RECON_KERNELS(NS, T, 16))
+#define RECON_KERNELS(NS, T, TS) \
+  TileKernels<T> { &NS::forward<T, TS>, &NS::backward<T, TS> }
+#define RECON_PICK_SIZE(NS, T)                  \
+  (tile_size == 8    ? RECON_KERNELS(NS, T, 8)  \
+   : tile_size == 32 ? RECON_KERNELS(NS, T, 32) \
+                     : RECON_KERNELS(NS, T, 16))
 
 Isa detect() {
 #if RECON_X86
@@ -66,14 +67,16 @@ Isa choose() {
   const std::string want = env ? env : "auto";
   if (want.empty() || want == "auto") return best;
   Isa asked;
-  if (want == "generic") asked = Isa::kGeneric;
-  else if (want == "avx2") asked = Isa::kAvx2;
-  else if (want == "avx512") asked = Isa::kAvx512;
+  if (want == "generic")
+    asked = Isa::kGeneric;
+  else if (want == "avx2")
+    asked = Isa::kAvx2;
+  else if (want == "avx512")
+    asked = Isa::kAvx512;
   else
     throw std::invalid_argument("RECON_CPU_ISA=" + want + " is unknown; use auto, generic, avx2 or avx512");
   if (int(asked) > int(best))
-    throw std::invalid_argument("RECON_CPU_ISA=" + want + " but this CPU supports at most " +
-                                isa_name(best));
+    throw std::invalid_argument("RECON_CPU_ISA=" + want + " but this CPU supports at most " + isa_name(best));
   return asked;
 }
 
@@ -81,9 +84,12 @@ Isa choose() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "generic";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "generic";
   }
 }
 
@@ -94,9 +100,12 @@ Isa active_isa() {
 
 int isa_float_lanes(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return 16;
-    case Isa::kAvx2: return 8;
-    default: return 4;  // SSE2 on x86-64; NEON on arm64
+    case Isa::kAvx512:
+      return 16;
+    case Isa::kAvx2:
+      return 8;
+    default:
+      return 4;  // SSE2 on x86-64; NEON on arm64
   }
 }
 
@@ -104,9 +113,12 @@ template <>
 TileKernels<float> tile_kernels<float>(int tile_size) {
 #if RECON_X86
   switch (active_isa()) {
-    case Isa::kAvx512: return RECON_PICK_SIZE(avx512, float);
-    case Isa::kAvx2: return RECON_PICK_SIZE(avx2, float);
-    default: break;
+    case Isa::kAvx512:
+      return RECON_PICK_SIZE(avx512, float);
+    case Isa::kAvx2:
+      return RECON_PICK_SIZE(avx2, float);
+    default:
+      break;
   }
 #endif
   return RECON_PICK_SIZE(generic, float);
@@ -177,10 +189,16 @@ double fma_loop(int64_t iters, double* sink) {
   double s;
   switch (active_isa()) {
 #if RECON_X86
-    case Isa::kAvx512: s = fma_loop_avx512(iters); break;
-    case Isa::kAvx2: s = fma_loop_avx2(iters); break;
+    case Isa::kAvx512:
+      s = fma_loop_avx512(iters);
+      break;
+    case Isa::kAvx2:
+      s = fma_loop_avx2(iters);
+      break;
 #endif
-    default: s = fma_loop_generic(iters); break;
+    default:
+      s = fma_loop_generic(iters);
+      break;
   }
   if (sink) *sink = s;
   return double(iters) * kChains * isa_float_lanes(active_isa());

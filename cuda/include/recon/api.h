@@ -23,12 +23,12 @@
 namespace recon {
 
 struct ProjectParams {
-  int C = 0;             // cameras
-  int N = 0;             // Gaussians
-  int K = 1;             // SH coefficients per Gaussian in `sh`
-  int sh_degree = 0;     // bands used, 0..3, (sh_degree + 1)^2 <= K
-  int width = 0;         // image width in pixels
-  int height = 0;        // image height in pixels
+  int C = 0;                 // cameras
+  int N = 0;                 // Gaussians
+  int K = 1;                 // SH coefficients per Gaussian in `sh`
+  int sh_degree = 0;         // bands used, 0..3, (sh_degree + 1)^2 <= K
+  int width = 0;             // image width in pixels
+  int height = 0;            // image height in pixels
   float near_plane = 0.01f;  // Gaussians with camera z <= near_plane are culled
   float far_plane = 1e10f;   // ... or z >= far_plane
   bool antialiased = false;  // multiply opacity by the compensation (gsplat "antialiased")
@@ -55,8 +55,8 @@ struct TileParams {
 // Culled entries have every output set to 0.
 template <typename T>
 void cpu_project_forward(const ProjectParams& p, const T* means, const T* log_scales, const T* quats,
-                         const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks,
-                         T* means2d, T* conics, T* colors, T* opacities, T* depths, int32_t* radii);
+                         const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks, T* means2d,
+                         T* conics, T* colors, T* opacities, T* depths, int32_t* radii);
 
 // Inputs as cpu_project_forward plus radii [C,N,2] from it and the upstream gradients
 // v_means2d [C,N,2], v_conics [C,N,3], v_colors [C,N,3], v_opacities [C,N], v_depths [C,N].
@@ -65,9 +65,9 @@ void cpu_project_forward(const ProjectParams& p, const T* means, const T* log_sc
 template <typename T>
 void cpu_project_backward(const ProjectParams& p, const T* means, const T* log_scales, const T* quats,
                           const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks,
-                          const int32_t* radii, const T* v_means2d, const T* v_conics,
-                          const T* v_colors, const T* v_opacities, const T* v_depths, T* v_means,
-                          T* v_log_scales, T* v_quats, T* v_opacity_logits, T* v_sh, T* v_viewmats);
+                          const int32_t* radii, const T* v_means2d, const T* v_conics, const T* v_colors,
+                          const T* v_opacities, const T* v_depths, T* v_means, T* v_log_scales, T* v_quats,
+                          T* v_opacity_logits, T* v_sh, T* v_viewmats);
 
 // means2d [C,N,2], radii [C,N,2] -> tiles_per_gaussian [C,N] int32: how many tiles the
 // bounding box of each (camera, Gaussian) touches (0 for culled ones).
@@ -83,8 +83,8 @@ void cpu_count_tiles(const TileParams& p, const T* means2d, const int32_t* radii
 // temp / temp_bytes: scratch, unused on the CPU (kept so both backends share one signature).
 template <typename T>
 void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radii, const T* depths,
-                      const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets,
-                      int32_t* flat_ids, void* temp, size_t temp_bytes);
+                      const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets, int32_t* flat_ids,
+                      void* temp, size_t temp_bytes);
 
 // Screen-space Gaussians [C,N,*] as produced by project_forward, tile lists from
 // bin_and_sort -> rgb [C,H,W,3] (no background), depth_sum [C,H,W] (sum of weight x z,
@@ -102,9 +102,9 @@ void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, 
 template <typename T>
 void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics, const T* colors,
                          const T* opacities, const T* depths, const int64_t* tile_offsets,
-                         const int32_t* flat_ids, const T* alpha, const int32_t* n_contrib,
-                         const T* v_rgb, const T* v_depth_sum, const T* v_alpha, T* v_means2d,
-                         T* v_conics, T* v_colors, T* v_opacities, T* v_depths);
+                         const int32_t* flat_ids, const T* alpha, const int32_t* n_contrib, const T* v_rgb,
+                         const T* v_depth_sum, const T* v_alpha, T* v_means2d, T* v_conics, T* v_colors,
+                         T* v_opacities, T* v_depths);
 
 // Work counted by the last cpu_raster_forward / cpu_raster_backward call (any dtype), for
 // the benchmark's throughput figures: pixel lanes evaluated (TS per tile row visited per
@@ -143,8 +143,8 @@ void cuda_project_backward(const ProjectParams& p, const float* means, const flo
                            const float* viewmats, const float* Ks, const int32_t* radii,
                            const float* v_means2d, const float* v_conics, const float* v_colors,
                            const float* v_opacities, const float* v_depths, float* v_means,
-                           float* v_log_scales, float* v_quats, float* v_opacity_logits,
-                           float* v_sh, float* v_viewmats, cudaStream_t stream);
+                           float* v_log_scales, float* v_quats, float* v_opacity_logits, float* v_sh,
+                           float* v_viewmats, cudaStream_t stream);
 
 void cuda_count_tiles(const TileParams& p, const float* means2d, const int32_t* radii,
                       int32_t* tiles_per_gaussian, cudaStream_t stream);
@@ -152,22 +152,21 @@ void cuda_count_tiles(const TileParams& p, const float* means2d, const int32_t* 
 // Scratch bytes cuda_bin_and_sort needs for n_isect intersections.
 size_t cuda_bin_and_sort_temp_bytes(const TileParams& p, int64_t n_isect);
 
-void cuda_bin_and_sort(const TileParams& p, const float* means2d, const int32_t* radii,
-                       const float* depths, const int64_t* isect_offsets, int64_t n_isect,
-                       int64_t* tile_offsets, int32_t* flat_ids, void* temp, size_t temp_bytes,
-                       cudaStream_t stream);
+void cuda_bin_and_sort(const TileParams& p, const float* means2d, const int32_t* radii, const float* depths,
+                       const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets,
+                       int32_t* flat_ids, void* temp, size_t temp_bytes, cudaStream_t stream);
 
-void cuda_raster_forward(const TileParams& p, const float* means2d, const float* conics,
-                         const float* colors, const float* opacities, const float* depths,
-                         const int64_t* tile_offsets, const int32_t* flat_ids, float* rgb,
-                         float* depth_sum, float* alpha, int32_t* n_contrib, cudaStream_t stream);
+void cuda_raster_forward(const TileParams& p, const float* means2d, const float* conics, const float* colors,
+                         const float* opacities, const float* depths, const int64_t* tile_offsets,
+                         const int32_t* flat_ids, float* rgb, float* depth_sum, float* alpha,
+                         int32_t* n_contrib, cudaStream_t stream);
 
-void cuda_raster_backward(const TileParams& p, const float* means2d, const float* conics,
-                          const float* colors, const float* opacities, const float* depths,
-                          const int64_t* tile_offsets, const int32_t* flat_ids, const float* alpha,
-                          const int32_t* n_contrib, const float* v_rgb, const float* v_depth_sum,
-                          const float* v_alpha, float* v_means2d, float* v_conics, float* v_colors,
-                          float* v_opacities, float* v_depths, cudaStream_t stream);
+void cuda_raster_backward(const TileParams& p, const float* means2d, const float* conics, const float* colors,
+                          const float* opacities, const float* depths, const int64_t* tile_offsets,
+                          const int32_t* flat_ids, const float* alpha, const int32_t* n_contrib,
+                          const float* v_rgb, const float* v_depth_sum, const float* v_alpha,
+                          float* v_means2d, float* v_conics, float* v_colors, float* v_opacities,
+                          float* v_depths, cudaStream_t stream);
 #endif
 
 }  // namespace recon
