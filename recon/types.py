@@ -147,7 +147,7 @@ class RenderSettings:
     antialiased: bool = False  # gsplat's "antialiased" mode (mip filter, opacity compensation)
     tile_size: int = 16
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    backend: str = "auto"  # "auto" | "cpu" | "cuda" | "reference"
+    backend: str = "auto"  # "auto" | "cpu" | "cuda" | "gsplat" | "reference"
 
 
 @dataclass

@@ -6,6 +6,7 @@ CPU backend runs the same math header in float, so CUDA and CPU must agree to fl
 rounding; gsplat is an independent implementation of the same model (3DGS with EWA
 projection, gsplat's "classic"/"antialiased" modes), so it agrees to a looser tolerance.
 Opacities stay below our alpha cap (0.99; gsplat caps at 0.999) so the caps never differ.
+(This file absorbed tests/test_render_gpu_parity.py, whose two checks it covered.)
 """
 
 from __future__ import annotations
@@ -205,3 +206,14 @@ def test_cuda_edge_cases_match_cpu(case: str):
         # nothing blended: the image is the background everywhere
         assert torch.allclose(cuda.rgb.cpu(), torch.tensor([0.3, 0.6, 0.1]).expand_as(cuda.rgb.cpu()))
         assert cuda.alpha.abs().max() == 0
+
+
+def test_auto_on_cuda_renders_with_gsplat_until_validated():
+    """backend="auto" on CUDA tensors is gsplat's rasteriser (recon.render.CUDA_BACKEND_VALIDATED)."""
+    import recon.render as rr
+
+    gaussians, cameras, weights = scene(n=500, n_cameras=1, seed=4)
+    out_auto, _ = run(render, gaussians, cameras, RenderSettings(backend="auto"), "cuda", weights)
+    out_gs, _ = run(render_gsplat, gaussians, cameras, RenderSettings(), "cuda", weights)
+    if not rr.CUDA_BACKEND_VALIDATED:
+        assert torch.equal(out_auto["rgb"], out_gs["rgb"])

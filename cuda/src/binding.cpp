@@ -33,10 +33,10 @@ Tensor check(const Tensor& t, const char* name, const std::vector<int64_t>& dims
   bool ok = t.dim() == int64_t(dims.size());
   for (size_t i = 0; ok && i < dims.size(); ++i) ok = dims[i] < 0 || t.size(i) == dims[i];
   TORCH_CHECK(ok, name, " must have shape ", shape_str(names), ", got ", t.sizes());
-  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but means is on ",
-              like.device(), "; move every input to one device");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(),
-              " but means has ", like.scalar_type(), "; use one dtype");
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but means is on ", like.device(),
+              "; move every input to one device");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(), " but means has ",
+              like.scalar_type(), "; use one dtype");
   return t.contiguous();
 }
 
@@ -45,14 +45,15 @@ void check_float(const Tensor& means) {
   TORCH_CHECK(means.scalar_type() == torch::kFloat32 || (!cuda && means.scalar_type() == torch::kFloat64),
               "means must be float32", cuda ? "" : " or float64", ", got ", means.scalar_type());
 #ifndef RECON_WITH_CUDA
-  TORCH_CHECK(!cuda, "this rasteriser extension was built without CUDA; rebuild it on a machine "
-                     "with a CUDA torch (delete the extension cache) or use CPU tensors");
+  TORCH_CHECK(!cuda,
+              "this rasteriser extension was built without CUDA; rebuild it on a machine "
+              "with a CUDA torch (delete the extension cache) or use CPU tensors");
 #endif
 }
 
 recon::ProjectParams project_params(const Tensor& means, const Tensor& sh, const Tensor& viewmats,
-                                    int64_t width, int64_t height, int64_t sh_degree, double near,
-                                    double far, bool antialiased) {
+                                    int64_t width, int64_t height, int64_t sh_degree, double near, double far,
+                                    bool antialiased) {
   recon::ProjectParams p;
   p.C = int(viewmats.size(0));
   p.N = int(means.size(0));
@@ -91,47 +92,70 @@ Inputs check_inputs(const Tensor& means, const Tensor& log_scales, const Tensor&
 
 template <typename T> T* ptr(const Tensor& t) { return t.data_ptr<T>(); }
 
+// The one CPU/CUDA dispatch: calls f(tag) with tag::type the scalar type and tag::cuda
+// whether the tensors are on a GPU (CUDA stages are float only).
+template <typename T, bool kCuda> struct Backend {
+  using type = T;
+  static constexpr bool cuda = kCuda;
+};
+
+template <typename F> void dispatch(const Tensor& like, F&& f) {
+  if (like.is_cuda()) {
+#ifdef RECON_WITH_CUDA
+    f(Backend<float, true>{});
+#endif
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "recon_stage", [&] { f(Backend<scalar_t, false>{}); });
+  }
+}
+
+#ifdef RECON_WITH_CUDA
+#define RECON_CALL_CUDA(stage, ...) recon::cuda_##stage(__VA_ARGS__, at::cuda::getCurrentCUDAStream())
+#else
+#define RECON_CALL_CUDA(stage, ...) (void)0
+#endif
+
+// Runs stage `stage` of recon/api.h on the backend of `like`: recon::cpu_<stage><scalar_t>(...)
+// or recon::cuda_<stage>(..., stream). The arguments may use scalar_t.
+#define RECON_STAGE(like, stage, ...)              \
+  dispatch(like, [&](auto tag) {                   \
+    using scalar_t = typename decltype(tag)::type; \
+    if constexpr (decltype(tag)::cuda) {           \
+      RECON_CALL_CUDA(stage, __VA_ARGS__);         \
+    } else {                                       \
+      recon::cpu_##stage<scalar_t>(__VA_ARGS__);   \
+    }                                              \
+  })
+
 std::vector<Tensor> project_forward(const Tensor& means, const Tensor& log_scales, const Tensor& quats,
-                                    const Tensor& opacity_logits, const Tensor& sh,
-                                    const Tensor& viewmats, const Tensor& Ks, int64_t width,
-                                    int64_t height, int64_t sh_degree, double near, double far,
-                                    bool antialiased) {
+                                    const Tensor& opacity_logits, const Tensor& sh, const Tensor& viewmats,
+                                    const Tensor& Ks, int64_t width, int64_t height, int64_t sh_degree,
+                                    double near, double far, bool antialiased) {
   const Inputs in = check_inputs(means, log_scales, quats, opacity_logits, sh, viewmats, Ks);
-  const auto p = project_params(in.means, in.sh, in.viewmats, width, height, sh_degree, near, far, antialiased);
+  const auto p =
+      project_params(in.means, in.sh, in.viewmats, width, height, sh_degree, near, far, antialiased);
   const auto opt = in.means.options();
   Tensor means2d = torch::empty({p.C, p.N, 2}, opt), conics = torch::empty({p.C, p.N, 3}, opt);
   Tensor colors = torch::empty({p.C, p.N, 3}, opt), opacities = torch::empty({p.C, p.N}, opt);
   Tensor depths = torch::empty({p.C, p.N}, opt);
   Tensor radii = torch::empty({p.C, p.N, 2}, opt.dtype(torch::kInt32));
-  if (in.means.is_cuda()) {
-#ifdef RECON_WITH_CUDA
-    recon::cuda_project_forward(p, ptr<float>(in.means), ptr<float>(in.log_scales), ptr<float>(in.quats),
-                                ptr<float>(in.opacity_logits), ptr<float>(in.sh), ptr<float>(in.viewmats),
-                                ptr<float>(in.Ks), ptr<float>(means2d), ptr<float>(conics),
-                                ptr<float>(colors), ptr<float>(opacities), ptr<float>(depths),
-                                ptr<int32_t>(radii), at::cuda::getCurrentCUDAStream());
-#endif
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(in.means.scalar_type(), "project_forward", [&] {
-      recon::cpu_project_forward<scalar_t>(
-          p, ptr<scalar_t>(in.means), ptr<scalar_t>(in.log_scales), ptr<scalar_t>(in.quats),
-          ptr<scalar_t>(in.opacity_logits), ptr<scalar_t>(in.sh), ptr<scalar_t>(in.viewmats),
-          ptr<scalar_t>(in.Ks), ptr<scalar_t>(means2d), ptr<scalar_t>(conics), ptr<scalar_t>(colors),
-          ptr<scalar_t>(opacities), ptr<scalar_t>(depths), ptr<int32_t>(radii));
-    });
-  }
+  RECON_STAGE(in.means, project_forward, p, ptr<scalar_t>(in.means), ptr<scalar_t>(in.log_scales),
+              ptr<scalar_t>(in.quats), ptr<scalar_t>(in.opacity_logits), ptr<scalar_t>(in.sh),
+              ptr<scalar_t>(in.viewmats), ptr<scalar_t>(in.Ks), ptr<scalar_t>(means2d), ptr<scalar_t>(conics),
+              ptr<scalar_t>(colors), ptr<scalar_t>(opacities), ptr<scalar_t>(depths), ptr<int32_t>(radii));
   return {means2d, conics, colors, opacities, depths, radii};
 }
 
 std::vector<Tensor> project_backward(const Tensor& means, const Tensor& log_scales, const Tensor& quats,
-                                     const Tensor& opacity_logits, const Tensor& sh,
-                                     const Tensor& viewmats, const Tensor& Ks, int64_t width,
-                                     int64_t height, int64_t sh_degree, double near, double far,
-                                     bool antialiased, const Tensor& radii_in, const Tensor& v_means2d_in,
-                                     const Tensor& v_conics_in, const Tensor& v_colors_in,
-                                     const Tensor& v_opacities_in, const Tensor& v_depths_in) {
+                                     const Tensor& opacity_logits, const Tensor& sh, const Tensor& viewmats,
+                                     const Tensor& Ks, int64_t width, int64_t height, int64_t sh_degree,
+                                     double near, double far, bool antialiased, const Tensor& radii_in,
+                                     const Tensor& v_means2d_in, const Tensor& v_conics_in,
+                                     const Tensor& v_colors_in, const Tensor& v_opacities_in,
+                                     const Tensor& v_depths_in) {
   const Inputs in = check_inputs(means, log_scales, quats, opacity_logits, sh, viewmats, Ks);
-  const auto p = project_params(in.means, in.sh, in.viewmats, width, height, sh_degree, near, far, antialiased);
+  const auto p =
+      project_params(in.means, in.sh, in.viewmats, width, height, sh_degree, near, far, antialiased);
   const int64_t C = p.C, N = p.N;
   TORCH_CHECK(radii_in.sizes() == torch::IntArrayRef({C, N, 2}) && radii_in.scalar_type() == torch::kInt32,
               "radii must be int32 with shape [C, N, 2], got ", radii_in.sizes());
@@ -144,32 +168,19 @@ std::vector<Tensor> project_backward(const Tensor& means, const Tensor& log_scal
   Tensor v_means = torch::zeros_like(in.means), v_log_scales = torch::zeros_like(in.log_scales);
   Tensor v_quats = torch::zeros_like(in.quats), v_logits = torch::zeros_like(in.opacity_logits);
   Tensor v_sh = torch::zeros_like(in.sh), v_viewmats = torch::zeros_like(in.viewmats);
-  if (in.means.is_cuda()) {
-#ifdef RECON_WITH_CUDA
-    recon::cuda_project_backward(
-        p, ptr<float>(in.means), ptr<float>(in.log_scales), ptr<float>(in.quats), ptr<float>(in.opacity_logits),
-        ptr<float>(in.sh), ptr<float>(in.viewmats), ptr<float>(in.Ks), ptr<int32_t>(radii),
-        ptr<float>(v_means2d), ptr<float>(v_conics), ptr<float>(v_colors), ptr<float>(v_opacities),
-        ptr<float>(v_depths), ptr<float>(v_means), ptr<float>(v_log_scales), ptr<float>(v_quats),
-        ptr<float>(v_logits), ptr<float>(v_sh), ptr<float>(v_viewmats), at::cuda::getCurrentCUDAStream());
-#endif
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(in.means.scalar_type(), "project_backward", [&] {
-      recon::cpu_project_backward<scalar_t>(
-          p, ptr<scalar_t>(in.means), ptr<scalar_t>(in.log_scales), ptr<scalar_t>(in.quats),
-          ptr<scalar_t>(in.opacity_logits), ptr<scalar_t>(in.sh), ptr<scalar_t>(in.viewmats),
-          ptr<scalar_t>(in.Ks), ptr<int32_t>(radii), ptr<scalar_t>(v_means2d), ptr<scalar_t>(v_conics),
-          ptr<scalar_t>(v_colors), ptr<scalar_t>(v_opacities), ptr<scalar_t>(v_depths),
-          ptr<scalar_t>(v_means), ptr<scalar_t>(v_log_scales), ptr<scalar_t>(v_quats),
-          ptr<scalar_t>(v_logits), ptr<scalar_t>(v_sh), ptr<scalar_t>(v_viewmats));
-    });
-  }
+  RECON_STAGE(in.means, project_backward, p, ptr<scalar_t>(in.means), ptr<scalar_t>(in.log_scales),
+              ptr<scalar_t>(in.quats), ptr<scalar_t>(in.opacity_logits), ptr<scalar_t>(in.sh),
+              ptr<scalar_t>(in.viewmats), ptr<scalar_t>(in.Ks), ptr<int32_t>(radii), ptr<scalar_t>(v_means2d),
+              ptr<scalar_t>(v_conics), ptr<scalar_t>(v_colors), ptr<scalar_t>(v_opacities),
+              ptr<scalar_t>(v_depths), ptr<scalar_t>(v_means), ptr<scalar_t>(v_log_scales),
+              ptr<scalar_t>(v_quats), ptr<scalar_t>(v_logits), ptr<scalar_t>(v_sh),
+              ptr<scalar_t>(v_viewmats));
   return {v_means, v_log_scales, v_quats, v_logits, v_sh, v_viewmats};
 }
 
 recon::TileParams tile_params(const Tensor& means2d, int64_t width, int64_t height, int64_t tile_size) {
-  TORCH_CHECK(tile_size == 8 || tile_size == 16 || tile_size == 32,
-              "tile_size must be 8, 16 or 32, got ", tile_size);
+  TORCH_CHECK(tile_size == 8 || tile_size == 16 || tile_size == 32, "tile_size must be 8, 16 or 32, got ",
+              tile_size);
   TORCH_CHECK(width > 0 && height > 0, "image size must be positive, got ", width, "x", height);
   recon::TileParams p;
   p.C = int(means2d.size(0));
@@ -186,8 +197,8 @@ std::vector<Tensor> rasterize_forward(const Tensor& means2d_in, const Tensor& co
                                       const Tensor& depths_in, const Tensor& radii_in, int64_t width,
                                       int64_t height, int64_t tile_size) {
   check_float(means2d_in);
-  TORCH_CHECK(means2d_in.dim() == 3 && means2d_in.size(2) == 2,
-              "means2d must have shape [C, N, 2], got ", means2d_in.sizes());
+  TORCH_CHECK(means2d_in.dim() == 3 && means2d_in.size(2) == 2, "means2d must have shape [C, N, 2], got ",
+              means2d_in.sizes());
   const int64_t C = means2d_in.size(0), N = means2d_in.size(1);
   const Tensor means2d = means2d_in.contiguous();
   const Tensor conics = check(conics_in, "conics", {C, N, 3}, {"C", "N", "3"}, means2d);
@@ -205,51 +216,33 @@ std::vector<Tensor> rasterize_forward(const Tensor& means2d_in, const Tensor& co
   Tensor rgb = torch::empty({C, height, width, 3}, opt), depth_sum = torch::empty({C, height, width}, opt);
   Tensor alpha = torch::empty({C, height, width}, opt);
   Tensor n_contrib = torch::empty({C, height, width}, opt.dtype(torch::kInt32));
-  Tensor flat_ids;
-  if (means2d.is_cuda()) {
+  RECON_STAGE(means2d, count_tiles, p, ptr<scalar_t>(means2d), ptr<int32_t>(radii), ptr<int32_t>(tiles_per));
+  const Tensor csum = torch::cumsum(tiles_per.view({-1}), 0, torch::kInt64);
+  const int64_t n_isect = C * N > 0 ? csum[-1].item<int64_t>() : 0;
+  const Tensor offsets = csum - tiles_per.view({-1}).to(torch::kInt64);
+  Tensor flat_ids = torch::empty({n_isect}, opt.dtype(torch::kInt32));
+  size_t temp_bytes = 0;  // sort scratch (CUDA only)
 #ifdef RECON_WITH_CUDA
-    auto stream = at::cuda::getCurrentCUDAStream();
-    recon::cuda_count_tiles(p, ptr<float>(means2d), ptr<int32_t>(radii), ptr<int32_t>(tiles_per), stream);
-    const Tensor csum = torch::cumsum(tiles_per.view({-1}), 0, torch::kInt64);
-    const int64_t n_isect = C * N > 0 ? csum[-1].item<int64_t>() : 0;
-    const Tensor offsets = csum - tiles_per.view({-1}).to(torch::kInt64);
-    flat_ids = torch::empty({n_isect}, opt.dtype(torch::kInt32));
-    const size_t temp_bytes = recon::cuda_bin_and_sort_temp_bytes(p, n_isect);
-    Tensor temp = torch::empty({int64_t(temp_bytes)}, opt.dtype(torch::kUInt8));
-    recon::cuda_bin_and_sort(p, ptr<float>(means2d), ptr<int32_t>(radii), ptr<float>(depths),
-                             ptr<int64_t>(offsets), n_isect, ptr<int64_t>(tile_offsets),
-                             ptr<int32_t>(flat_ids), temp.data_ptr(), temp_bytes, stream);
-    recon::cuda_raster_forward(p, ptr<float>(means2d), ptr<float>(conics), ptr<float>(colors),
-                               ptr<float>(opacities), ptr<float>(depths), ptr<int64_t>(tile_offsets),
-                               ptr<int32_t>(flat_ids), ptr<float>(rgb), ptr<float>(depth_sum),
-                               ptr<float>(alpha), ptr<int32_t>(n_contrib), stream);
+  if (means2d.is_cuda()) temp_bytes = recon::cuda_bin_and_sort_temp_bytes(p, n_isect);
 #endif
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_forward", [&] {
-      recon::cpu_count_tiles<scalar_t>(p, ptr<scalar_t>(means2d), ptr<int32_t>(radii), ptr<int32_t>(tiles_per));
-      const Tensor csum = torch::cumsum(tiles_per.view({-1}), 0, torch::kInt64);
-      const int64_t n_isect = C * N > 0 ? csum[-1].item<int64_t>() : 0;
-      const Tensor offsets = csum - tiles_per.view({-1}).to(torch::kInt64);
-      flat_ids = torch::empty({n_isect}, opt.dtype(torch::kInt32));
-      recon::cpu_bin_and_sort<scalar_t>(p, ptr<scalar_t>(means2d), ptr<int32_t>(radii), ptr<scalar_t>(depths),
-                                        ptr<int64_t>(offsets), n_isect, ptr<int64_t>(tile_offsets),
-                                        ptr<int32_t>(flat_ids));
-      recon::cpu_raster_forward<scalar_t>(
-          p, ptr<scalar_t>(means2d), ptr<scalar_t>(conics), ptr<scalar_t>(colors), ptr<scalar_t>(opacities),
-          ptr<scalar_t>(depths), ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids), ptr<scalar_t>(rgb),
-          ptr<scalar_t>(depth_sum), ptr<scalar_t>(alpha), ptr<int32_t>(n_contrib));
-    });
-  }
+  Tensor temp = torch::empty({int64_t(temp_bytes)}, opt.dtype(torch::kUInt8));
+  RECON_STAGE(means2d, bin_and_sort, p, ptr<scalar_t>(means2d), ptr<int32_t>(radii), ptr<scalar_t>(depths),
+              ptr<int64_t>(offsets), n_isect, ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids),
+              temp.data_ptr(), temp_bytes);
+  RECON_STAGE(means2d, raster_forward, p, ptr<scalar_t>(means2d), ptr<scalar_t>(conics),
+              ptr<scalar_t>(colors), ptr<scalar_t>(opacities), ptr<scalar_t>(depths),
+              ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids), ptr<scalar_t>(rgb),
+              ptr<scalar_t>(depth_sum), ptr<scalar_t>(alpha), ptr<int32_t>(n_contrib));
   return {rgb, depth_sum, alpha, n_contrib, tile_offsets, flat_ids};
 }
 
 std::vector<Tensor> rasterize_backward(const Tensor& means2d_in, const Tensor& conics_in,
                                        const Tensor& colors_in, const Tensor& opacities_in,
                                        const Tensor& depths_in, const Tensor& tile_offsets,
-                                       const Tensor& flat_ids, const Tensor& alpha,
-                                       const Tensor& n_contrib, const Tensor& v_rgb_in,
-                                       const Tensor& v_depth_sum_in, const Tensor& v_alpha_in,
-                                       int64_t width, int64_t height, int64_t tile_size) {
+                                       const Tensor& flat_ids, const Tensor& alpha, const Tensor& n_contrib,
+                                       const Tensor& v_rgb_in, const Tensor& v_depth_sum_in,
+                                       const Tensor& v_alpha_in, int64_t width, int64_t height,
+                                       int64_t tile_size) {
   check_float(means2d_in);
   const int64_t C = means2d_in.size(0), N = means2d_in.size(1);
   const Tensor means2d = means2d_in.contiguous();
@@ -258,32 +251,30 @@ std::vector<Tensor> rasterize_backward(const Tensor& means2d_in, const Tensor& c
   const Tensor opacities = check(opacities_in, "opacities", {C, N}, {"C", "N"}, means2d);
   const Tensor depths = check(depths_in, "depths", {C, N}, {"C", "N"}, means2d);
   const Tensor v_rgb = check(v_rgb_in, "v_rgb", {C, height, width, 3}, {"C", "H", "W", "3"}, means2d);
-  const Tensor v_depth_sum = check(v_depth_sum_in, "v_depth_sum", {C, height, width}, {"C", "H", "W"}, means2d);
+  const Tensor v_depth_sum =
+      check(v_depth_sum_in, "v_depth_sum", {C, height, width}, {"C", "H", "W"}, means2d);
   const Tensor v_alpha = check(v_alpha_in, "v_alpha", {C, height, width}, {"C", "H", "W"}, means2d);
   const auto p = tile_params(means2d, width, height, tile_size);
   Tensor v_means2d = torch::zeros_like(means2d), v_conics = torch::zeros_like(conics);
   Tensor v_colors = torch::zeros_like(colors), v_opacities = torch::zeros_like(opacities);
   Tensor v_depths = torch::zeros_like(depths);
-  if (means2d.is_cuda()) {
-#ifdef RECON_WITH_CUDA
-    recon::cuda_raster_backward(
-        p, ptr<float>(means2d), ptr<float>(conics), ptr<float>(colors), ptr<float>(opacities),
-        ptr<float>(depths), ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids), ptr<float>(alpha),
-        ptr<int32_t>(n_contrib), ptr<float>(v_rgb), ptr<float>(v_depth_sum), ptr<float>(v_alpha),
-        ptr<float>(v_means2d), ptr<float>(v_conics), ptr<float>(v_colors), ptr<float>(v_opacities),
-        ptr<float>(v_depths), at::cuda::getCurrentCUDAStream());
-#endif
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
-      recon::cpu_raster_backward<scalar_t>(
-          p, ptr<scalar_t>(means2d), ptr<scalar_t>(conics), ptr<scalar_t>(colors), ptr<scalar_t>(opacities),
-          ptr<scalar_t>(depths), ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids), ptr<scalar_t>(alpha),
-          ptr<int32_t>(n_contrib), ptr<scalar_t>(v_rgb), ptr<scalar_t>(v_depth_sum), ptr<scalar_t>(v_alpha),
-          ptr<scalar_t>(v_means2d), ptr<scalar_t>(v_conics), ptr<scalar_t>(v_colors),
-          ptr<scalar_t>(v_opacities), ptr<scalar_t>(v_depths));
-    });
-  }
+  RECON_STAGE(means2d, raster_backward, p, ptr<scalar_t>(means2d), ptr<scalar_t>(conics),
+              ptr<scalar_t>(colors), ptr<scalar_t>(opacities), ptr<scalar_t>(depths),
+              ptr<int64_t>(tile_offsets), ptr<int32_t>(flat_ids), ptr<scalar_t>(alpha),
+              ptr<int32_t>(n_contrib), ptr<scalar_t>(v_rgb), ptr<scalar_t>(v_depth_sum),
+              ptr<scalar_t>(v_alpha), ptr<scalar_t>(v_means2d), ptr<scalar_t>(v_conics),
+              ptr<scalar_t>(v_colors), ptr<scalar_t>(v_opacities), ptr<scalar_t>(v_depths));
   return {v_means2d, v_conics, v_colors, v_opacities, v_depths};
+}
+
+py::dict cpu_raster_stats() {
+  const recon::CpuRasterStats s = recon::cpu_last_raster_stats();
+  py::dict d;
+  d["forward_lanes"] = s.forward_lanes;
+  d["forward_blended"] = s.forward_blended;
+  d["backward_lanes"] = s.backward_lanes;
+  d["n_isect"] = s.n_isect;
+  return d;
 }
 
 bool has_cuda() {
@@ -303,6 +294,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rasterize_forward", &rasterize_forward);
   m.def("rasterize_backward", &rasterize_backward);
   m.def("has_cuda", &has_cuda);
+  m.def("cpu_raster_stats", &cpu_raster_stats, "work counted by the last CPU raster forward/backward");
+  m.def("cpu_isa", &recon::cpu_isa, "instruction set of the CPU blending kernels in use");
+  m.def("cpu_isa_float_lanes", &recon::cpu_isa_float_lanes);
+  m.def("cpu_fma_rate", &recon::cpu_fma_rate, "lane-FMAs per second of `threads` threads", py::arg("iters"),
+        py::arg("threads"));
   m.attr("ALPHA_THRESHOLD") = recon::kAlphaThreshold;
   m.attr("ALPHA_CAP") = recon::kAlphaCap;
   m.attr("TRANSMITTANCE_MIN") = recon::kTransmittanceMin;

@@ -3,9 +3,12 @@
     render(gaussians, cameras, settings) -> RenderOutput
 
 Differentiable w.r.t. every Gaussian parameter and the camera poses (``T_cam_world``);
-``K`` is not differentiated. Backends: "cpu" (C++/OpenMP extension), "cuda" (CUDA
-extension), "reference" (dense pure torch; tests only). "auto" picks cuda for CUDA
-tensors, otherwise cpu, and falls back to the reference when the extension cannot be built.
+``K`` is not differentiated. Backends: "cpu" (C++/OpenMP extension), "cuda" (our CUDA
+extension), "gsplat" (gsplat's CUDA ``rasterization``), "reference" (dense pure torch).
+"auto" picks cpu for CPU tensors (falling back to the reference, with a warning, when the
+extension cannot be built). For CUDA tensors it picks gsplat until our CUDA kernels have
+passed the parity tests on a real GPU (``CUDA_BACKEND_VALIDATED``; apps/gpu_check.sh runs
+them) and says so once; ``backend="cuda"`` selects ours explicitly.
 
 Rendering runs in two differentiable stages so that ``means2d`` is a real intermediate:
 projection (Gaussians -> screen-space means, conics, colours, opacities, depths) and
@@ -27,8 +30,12 @@ from recon.types import Camera, Gaussians, RenderOutput, RenderSettings
 
 __all__ = ["render", "available_backends"]
 
-_BACKENDS = ("auto", "cpu", "cuda", "reference")
+_BACKENDS = ("auto", "cpu", "cuda", "gsplat", "reference")
+# Flip to True once apps/gpu_check.sh has passed the CUDA parity tests on a real GPU; until
+# then "auto" on CUDA tensors uses gsplat's rasteriser (validated upstream).
+CUDA_BACKEND_VALIDATED = False
 _auto_fallback_warned = False
+_auto_gsplat_said = False
 _distortion_warned = False
 
 
@@ -47,6 +54,10 @@ def render(
     backend = _pick_backend(settings.backend, device)
     args = (*gaussians.tensors(), viewmats, Ks, width, height, sh_degree,
             float(settings.near), float(settings.far), bool(settings.antialiased))
+    if backend == "gsplat":
+        from recon.render._gsplat_backend import render_gsplat
+
+        return render_gsplat(gaussians, cams, settings)
     if backend == "reference":
         from recon.render import _reference as ref
 
@@ -85,15 +96,32 @@ def available_backends() -> list[str]:
         out.append("cpu")
     except ReconError:
         pass
+    from recon.render._gsplat_backend import gsplat_available
+
+    if gsplat_available():
+        out.insert(0, "gsplat")
     return out + ["reference"]
 
 
 def _pick_backend(name: str, device: torch.device) -> str:
-    global _auto_fallback_warned
+    global _auto_fallback_warned, _auto_gsplat_said
     if name not in _BACKENDS:
         raise ConfigError(f"render backend {name!r} is unknown; use one of {', '.join(_BACKENDS)}")
     if name == "reference":
         return name
+    if name in ("auto", "gsplat") and device.type == "cuda":
+        from recon.render._gsplat_backend import gsplat_available
+
+        if name == "gsplat" or (not CUDA_BACKEND_VALIDATED and gsplat_available()):
+            if name == "auto" and not _auto_gsplat_said:
+                warnings.warn("backend='auto' on CUDA tensors renders with gsplat's CUDA rasteriser: "
+                              "recon's own CUDA kernels have not yet passed parity on a real GPU "
+                              "(run apps/gpu_check.sh; select them with backend='cuda')", stacklevel=3)
+                _auto_gsplat_said = True
+            return "gsplat"
+    if name == "gsplat":
+        raise ConfigError("render backend 'gsplat' needs CUDA tensors (gsplat's rasteriser is CUDA-only); "
+                          "move the Gaussians with .to('cuda') or use backend='cpu'")
     if name == "cuda" and device.type != "cuda":
         raise ConfigError("render backend 'cuda' needs CUDA tensors; move the Gaussians with "
                           ".to('cuda') or use backend='cpu'")

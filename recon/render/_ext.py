@@ -1,18 +1,24 @@
 """Builds and loads the C++/CUDA rasteriser extension on first use.
 
-Installing recon needs no compiler: the sources ship with the package and are compiled
-by torch's extension builder the first time a compiled backend is asked for, then cached
-under ``$RECON_EXTENSION_DIR`` (default ``~/.cache/recon/extensions``). The CUDA sources are
-added only when this torch was built with CUDA and a device is visible.
+``pip install`` builds it when a compiler and torch are present (setup.py calls ``load()``);
+otherwise, or when the sources changed since, torch's extension builder compiles it the first
+time a compiled backend is asked for. Either way it is cached under ``$RECON_EXTENSION_DIR``
+(default ``~/.cache/recon/extensions``) in a folder keyed on everything that changes the
+binary: the sources' content, compiler and its version, flags, Python, torch (and CUDA)
+versions and the CPU architecture. The build targets the architecture's baseline; the hot
+loops pick their instruction set at run time, so a cache shared between machines is safe.
+The CUDA sources are added only when this torch was built with CUDA and a device is visible.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -35,31 +41,50 @@ def source_dir() -> Path:
     return Path(recon.__file__).resolve().parent.parent / "cuda"
 
 
+# -fno-trapping-math lets GCC vectorise the blending loops (no FP traps are relied on).
+# No -march=native: the blending and projection loops are compiled per instruction set and
+# picked at run time (cuda/src/cpu_isa.h), so the binary runs on any CPU of its arch.
+CXX_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math")
+NVCC_FLAGS = ("-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr", "-DRECON_WITH_CUDA")
+
+
 def build_dir() -> Path:
     root = Path(os.environ.get("RECON_EXTENSION_DIR", Path.home() / ".cache" / "recon" / "extensions"))
     flavour = "cuda" if _want_cuda() else "cpu"
     tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}_{flavour}"
-    path = root / tag.replace("+", "_").replace(".", "_")
+    path = root / tag.replace("+", "_").replace(".", "_") / build_key()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def build_key() -> str:
+    """Hash of everything that changes the binary (see the module docstring)."""
+    h = hashlib.sha256()
+    src = source_dir()
+    for f in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in {".cpp", ".cu", ".h", ".cuh"}):
+        h.update(str(f.relative_to(src)).encode())
+        h.update(f.read_bytes())
+    parts = [_compiler_id(os.environ.get("CXX", "c++")), " ".join(CXX_FLAGS), platform.machine(),
+             sys.version, torch.__version__, str(torch.version.cuda)]
+    if _want_cuda():
+        parts += [_compiler_id("nvcc"), " ".join(NVCC_FLAGS)]
+    h.update("\n".join(parts).encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_id(cxx: str) -> str:
+    """The compiler's first --version line (its name and version), or "missing"."""
+    try:
+        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "missing"
+    lines = (res.stdout or res.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
 def _want_cuda() -> bool:
     return bool(torch.version.cuda) and torch.cuda.is_available()
-
-
-def _march_native_ok() -> bool:
-    """-march=native is skipped where the compiler rejects it (e.g. some ARM toolchains)."""
-    cxx = os.environ.get("CXX", "c++")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "t.cpp"
-        src.write_text("int main() { return 0; }\n")
-        try:
-            res = subprocess.run([cxx, "-march=native", "-c", str(src), "-o", str(Path(tmp) / "t.o")],
-                                 capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return res.returncode == 0
 
 
 def load(verbose: bool = False):
@@ -98,18 +123,13 @@ def _build(verbose: bool):
             "(apt-get install g++ / xcode-select --install) or use settings.backend='reference'")
     from torch.utils import cpp_extension
 
-    # -fno-trapping-math lets GCC vectorise the blending loops (no FP traps are relied on).
-    cflags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
-    if _march_native_ok():
-        cflags.append("-march=native")
+    cflags = list(CXX_FLAGS)
     sources = sorted(str(p) for p in (src / "src").glob("*.cpp"))
     kwargs: dict = {}
     if _want_cuda():
         sources += sorted(str(p) for p in (src / "src").glob("*.cu"))
         cflags.append("-DRECON_WITH_CUDA")
-        kwargs["extra_cuda_cflags"] = ["-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr",
-                                       "-DRECON_WITH_CUDA",
-                                       f"-I{src / 'include'}"]
+        kwargs["extra_cuda_cflags"] = [*NVCC_FLAGS, f"-I{src / 'include'}"]
     from rich.console import Console
 
     status = Console(stderr=True).status(

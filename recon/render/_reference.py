@@ -107,11 +107,16 @@ def rasterize(
     return tuple(torch.stack(t) for t in zip(*outs))  # type: ignore[return-value]
 
 
-def _rasterize_one(means2d, conics, colors, opacities, depths, radii, width, height):
-    ids = torch.nonzero((radii > 0).all(-1)).squeeze(-1)  # [M]
+def _rasterize_one(means2d, conics, colors, opacities, depths, radii, width, height,
+                   region: tuple[int, int, int, int] | None = None, ids=None):
+    """One camera. region = (x0, y0, w, h) blends only that block of pixels (the tiled torch
+    peer of the benchmark); ids [M] restricts the candidates (default: every visible one)."""
+    x0, y0, w_px, h_px = region if region is not None else (0, 0, width, height)
+    if ids is None:
+        ids = torch.nonzero((radii > 0).all(-1)).squeeze(-1)  # [M]
     ids = ids[torch.argsort(depths.detach()[ids], stable=True)]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=means2d.dtype),
-                            torch.arange(width, dtype=means2d.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(y0, y0 + h_px, dtype=means2d.dtype),
+                            torch.arange(x0, x0 + w_px, dtype=means2d.dtype), indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 1, 2) + 0.5  # [P, 1, 2] pixel centres
     d = means2d[ids][None] - pix  # [P, M, 2]
     a, b, c = conics[ids].unbind(-1)  # [M] each
@@ -124,9 +129,9 @@ def _rasterize_one(means2d, conics, colors, opacities, depths, radii, width, hei
     alpha = torch.where(t_after > TRANSMITTANCE_MIN, alpha, 0.0)
     t_before = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], -1), -1)
     w = alpha * t_before  # [P, M]
-    rgb = (w @ colors[ids]).reshape(height, width, 3)
-    depth_sum = (w @ depths[ids]).reshape(height, width)
+    rgb = (w @ colors[ids]).reshape(h_px, w_px, 3)
+    depth_sum = (w @ depths[ids]).reshape(h_px, w_px)
     t_final = t_before[:, -1] * (1.0 - alpha[:, -1]) if alpha.shape[1] else torch.ones(
-        height * width, dtype=means2d.dtype) + 0.0 * means2d.sum()
-    return rgb, depth_sum, (1.0 - t_final).reshape(height, width)
+        h_px * w_px, dtype=means2d.dtype) + 0.0 * means2d.sum()
+    return rgb, depth_sum, (1.0 - t_final).reshape(h_px, w_px)
 

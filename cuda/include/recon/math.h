@@ -14,12 +14,20 @@
 
 namespace recon {
 
-template <typename T> struct Vec2 { T x, y; };
-template <typename T> struct Vec3 { T x, y, z; };
+template <typename T> struct Vec2 {
+  T x, y;
+};
+template <typename T> struct Vec3 {
+  T x, y, z;
+};
 // Row-major 3x3 matrix: m[row][col].
-template <typename T> struct Mat3 { T m[3][3]; };
+template <typename T> struct Mat3 {
+  T m[3][3];
+};
 // Symmetric 2x2 matrix [[a, b], [b, c]].
-template <typename T> struct Sym2 { T a, b, c; };
+template <typename T> struct Sym2 {
+  T a, b, c;
+};
 
 template <typename T> RECON_HD Mat3<T> mat3_zero() {
   Mat3<T> r;
@@ -88,8 +96,8 @@ RECON_HD void quat_to_rotmat_vjp(const T q[4], const Mat3<T>& v_R, T v_q[4]) {
                        z * v[2][0] + w * v[2][1] - T(2) * x * v[2][2]);
   const T vy = T(2) * (-T(2) * y * v[0][0] + x * v[0][1] + w * v[0][2] + x * v[1][0] + z * v[1][2] -
                        w * v[2][0] + z * v[2][1] - T(2) * y * v[2][2]);
-  const T vz = T(2) * (-T(2) * z * v[0][0] - w * v[0][1] + x * v[0][2] + w * v[1][0] -
-                       T(2) * z * v[1][1] + y * v[1][2] + x * v[2][0] + y * v[2][1]);
+  const T vz = T(2) * (-T(2) * z * v[0][0] - w * v[0][1] + x * v[0][2] + w * v[1][0] - T(2) * z * v[1][1] +
+                       y * v[1][2] + x * v[2][0] + y * v[2][1]);
   // Through the normalisation n = q / |q|: (I - n n^T) v_n / |q|.
   const T dot = w * vw + x * vx + y * vy + z * vz;
   v_q[0] += (vw - w * dot) * inv;
@@ -111,8 +119,8 @@ RECON_HD Mat3<T> covariance(const Mat3<T>& R, const T log_scale[3]) {
 }
 
 template <typename T>
-RECON_HD void covariance_vjp(const Mat3<T>& R, const T log_scale[3], const Mat3<T>& v_cov,
-                             Mat3<T>& v_R, T v_log_scale[3]) {
+RECON_HD void covariance_vjp(const Mat3<T>& R, const T log_scale[3], const Mat3<T>& v_cov, Mat3<T>& v_R,
+                             T v_log_scale[3]) {
   Mat3<T> M, S;
   for (int j = 0; j < 3; ++j) {
     const T s = std::exp(log_scale[j]);
@@ -143,12 +151,16 @@ RECON_HD void world_to_cam(const Mat3<T>& R, const Vec3<T>& t, const Vec3<T>& p,
 }
 
 template <typename T>
-RECON_HD void world_to_cam_vjp(const Mat3<T>& R, const Vec3<T>& p, const Mat3<T>& cov,
-                               const Vec3<T>& v_p_c, const Mat3<T>& v_cov_c, Vec3<T>& v_p,
-                               Mat3<T>& v_cov, Mat3<T>& v_R, Vec3<T>& v_t) {
+RECON_HD void world_to_cam_vjp(const Mat3<T>& R, const Vec3<T>& p, const Mat3<T>& cov, const Vec3<T>& v_p_c,
+                               const Mat3<T>& v_cov_c, Vec3<T>& v_p, Mat3<T>& v_cov, Mat3<T>& v_R,
+                               Vec3<T>& v_t) {
   const Vec3<T> vp = matTvec(R, v_p_c);
-  v_p.x += vp.x; v_p.y += vp.y; v_p.z += vp.z;
-  v_t.x += v_p_c.x; v_t.y += v_p_c.y; v_t.z += v_p_c.z;
+  v_p.x += vp.x;
+  v_p.y += vp.y;
+  v_p.z += vp.z;
+  v_t.x += v_p_c.x;
+  v_t.y += v_p_c.y;
+  v_t.z += v_p_c.z;
   const T pc[3] = {p.x, p.y, p.z};
   const T vpc[3] = {v_p_c.x, v_p_c.y, v_p_c.z};
   for (int i = 0; i < 3; ++i)
@@ -166,11 +178,13 @@ RECON_HD void world_to_cam_vjp(const Mat3<T>& R, const Vec3<T>& p, const Mat3<T>
 // ---------------------------------------------------------------------------------------
 // Pinhole EWA projection of a camera-space Gaussian to pixels. The Jacobian is evaluated
 // at x/z, y/z clamped to the view widened by kFrustumSlack (see constants.h).
-template <typename T> struct Intrinsics { T fx, fy, cx, cy; };
+template <typename T> struct Intrinsics {
+  T fx, fy, cx, cy;
+};
 
 template <typename T>
-RECON_HD void persp_proj(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<T>& K, int width,
-                         int height, Vec2<T>& mean2d, Sym2<T>& cov2d) {
+RECON_HD void persp_proj(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<T>& K, int width, int height,
+                         Vec2<T>& mean2d, Sym2<T>& cov2d) {
   const T rz = T(1) / p.z, rz2 = rz * rz;
   const T tanx = T(0.5) * T(width) / K.fx, tany = T(0.5) * T(height) / K.fy;
   const T limx_pos = (T(width) - K.cx) / K.fx + T(kFrustumSlack) * tanx;
@@ -195,9 +209,9 @@ RECON_HD void persp_proj(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<
 
 // v_cov2d holds the gradient of each of a, b, c as a scalar (b counted once).
 template <typename T>
-RECON_HD void persp_proj_vjp(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<T>& K,
-                             int width, int height, const Vec2<T>& v_mean2d, const Sym2<T>& v_cov2d,
-                             Vec3<T>& v_p, Mat3<T>& v_cov) {
+RECON_HD void persp_proj_vjp(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<T>& K, int width,
+                             int height, const Vec2<T>& v_mean2d, const Sym2<T>& v_cov2d, Vec3<T>& v_p,
+                             Mat3<T>& v_cov) {
   const T rz = T(1) / p.z, rz2 = rz * rz, rz3 = rz2 * rz;
   const T tanx = T(0.5) * T(width) / K.fx, tany = T(0.5) * T(height) / K.fy;
   const T limx_pos = (T(width) - K.cx) / K.fx + T(kFrustumSlack) * tanx;
@@ -308,19 +322,28 @@ RECON_HD void sh_basis(int degree, T x, T y, T z, T b[16]) {
   b[0] = T(0.2820947917738781);
   if (degree < 1) return;
   const T A = T(0.48860251190292);
-  b[1] = -A * y; b[2] = A * z; b[3] = -A * x;
+  b[1] = -A * y;
+  b[2] = A * z;
+  b[3] = -A * x;
   if (degree < 2) return;
   const T z2 = z * z, fB = T(-1.092548430592079) * z, fA = T(0.5462742152960395);
   const T fC1 = x * x - y * y, fS1 = T(2) * x * y;
-  b[4] = fA * fS1; b[5] = fB * y; b[6] = T(0.9461746957575601) * z2 - T(0.3153915652525201);
-  b[7] = fB * x; b[8] = fA * fC1;
+  b[4] = fA * fS1;
+  b[5] = fB * y;
+  b[6] = T(0.9461746957575601) * z2 - T(0.3153915652525201);
+  b[7] = fB * x;
+  b[8] = fA * fC1;
   if (degree < 3) return;
   const T fC = T(-2.285228997322329) * z2 + T(0.4570457994644658);
   const T fB3 = T(1.445305721320277) * z, fA3 = T(-0.5900435899266435);
   const T fC2 = x * fC1 - y * fS1, fS2 = x * fS1 + y * fC1;
-  b[9] = fA3 * fS2; b[10] = fB3 * fS1; b[11] = fC * y;
+  b[9] = fA3 * fS2;
+  b[10] = fB3 * fS1;
+  b[11] = fC * y;
   b[12] = z * (T(1.865881662950577) * z2 - T(1.119528997770346));
-  b[13] = fC * x; b[14] = fB3 * fC1; b[15] = fA3 * fC2;
+  b[13] = fC * x;
+  b[14] = fB3 * fC1;
+  b[15] = fA3 * fC2;
 }
 
 // Gradient of each basis function w.r.t. the unit direction (x, y, z): db[k] = (dx, dy, dz).
@@ -329,7 +352,9 @@ RECON_HD void sh_basis_grad(int degree, T x, T y, T z, Vec3<T> db[16]) {
   db[0] = {T(0), T(0), T(0)};
   if (degree < 1) return;
   const T A = T(0.48860251190292);
-  db[1] = {T(0), -A, T(0)}; db[2] = {T(0), T(0), A}; db[3] = {-A, T(0), T(0)};
+  db[1] = {T(0), -A, T(0)};
+  db[2] = {T(0), T(0), A};
+  db[3] = {-A, T(0), T(0)};
   if (degree < 2) return;
   const T B = T(-1.092548430592079), fA = T(0.5462742152960395);
   db[4] = {T(2) * fA * y, T(2) * fA * x, T(0)};
@@ -358,7 +383,9 @@ RECON_HD Vec3<T> sh_color(int degree, const Vec3<T>& dir, const T* coeffs) {
   const int n = (degree + 1) * (degree + 1);
   T r = T(0.5), g = T(0.5), bl = T(0.5);
   for (int k = 0; k < n; ++k) {
-    r += b[k] * coeffs[3 * k]; g += b[k] * coeffs[3 * k + 1]; bl += b[k] * coeffs[3 * k + 2];
+    r += b[k] * coeffs[3 * k];
+    g += b[k] * coeffs[3 * k + 1];
+    bl += b[k] * coeffs[3 * k + 2];
   }
   return {std::fmax(r, T(0)), std::fmax(g, T(0)), std::fmax(bl, T(0))};
 }
@@ -386,7 +413,9 @@ RECON_HD void sh_color_vjp(int degree, const Vec3<T>& dir, const T* coeffs, cons
   Vec3<T> vn = {T(0), T(0), T(0)};
   for (int k = 1; k < n; ++k) {
     const T s = v[0] * coeffs[3 * k] + v[1] * coeffs[3 * k + 1] + v[2] * coeffs[3 * k + 2];
-    vn.x += s * db[k].x; vn.y += s * db[k].y; vn.z += s * db[k].z;
+    vn.x += s * db[k].x;
+    vn.y += s * db[k].y;
+    vn.z += s * db[k].z;
   }
   const T dot = vn.x * x + vn.y * y + vn.z * z;
   v_dir.x += (vn.x - x * dot) * inv;
@@ -414,8 +443,8 @@ RECON_HD T gaussian_alpha(const Sym2<T>& conic, T opacity, T dx, T dy) {
 // Gradient of alpha (given v_alpha) w.r.t. conic, opacity and d (= mean2d - pixel).
 // Zero where alpha was capped (the cap is flat).
 template <typename T>
-RECON_HD void gaussian_alpha_vjp(const Sym2<T>& conic, T opacity, T dx, T dy, T v_alpha,
-                                 Sym2<T>& v_conic, T& v_opacity, Vec2<T>& v_d) {
+RECON_HD void gaussian_alpha_vjp(const Sym2<T>& conic, T opacity, T dx, T dy, T v_alpha, Sym2<T>& v_conic,
+                                 T& v_opacity, Vec2<T>& v_d) {
   const T sigma = gaussian_sigma(conic, dx, dy);
   const T g = std::exp(-sigma);
   if (opacity * g > T(kAlphaCap)) return;
@@ -442,7 +471,75 @@ RECON_HD void camera_centre_vjp(const Mat3<T>& R, const Vec3<T>& t, const Vec3<T
   for (int j = 0; j < 3; ++j)
     for (int i = 0; i < 3; ++i) v_R.m[j][i] -= tt[j] * vc[i];  // c_i = -sum_j R_ji t_j
   const Vec3<T> vt = matvec(R, v_c);
-  v_t.x -= vt.x; v_t.y -= vt.y; v_t.z -= vt.z;
+  v_t.x -= vt.x;
+  v_t.y -= vt.y;
+  v_t.z -= vt.z;
+}
+
+// ---------------------------------------------------------------------------------------
+// One camera as the projection uses it: T_cam_world = [R | t], intrinsics, and the centre
+// -R^T t in world coordinates (for the SH viewing direction).
+template <typename T> struct CameraView {
+  Mat3<T> R;
+  Vec3<T> t;
+  Intrinsics<T> K;
+  Vec3<T> centre;
+};
+
+// viewmat [4, 4] row-major T_cam_world, Kmat [3, 3].
+template <typename T> RECON_HD CameraView<T> load_camera(const T* viewmat, const T* Kmat) {
+  CameraView<T> c;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) c.R.m[i][j] = viewmat[4 * i + j];
+  c.t = {viewmat[3], viewmat[7], viewmat[11]};
+  c.K = {Kmat[0], Kmat[4], Kmat[2], Kmat[5]};
+  c.centre = camera_centre(c.R, c.t);
+  return c;
+}
+
+// Vector-Jacobian product of the whole projection of one visible Gaussian into one camera
+// (world_to_cam -> persp_proj -> conic_from_cov2d [-> compensation] and sh_color along
+// mean - centre): the one call chain both backends run, so they cannot diverge.
+// Upstream: v_mean2d, v_conic, v_color, v_opacity, v_depth of this (camera, Gaussian).
+// Accumulates v_mean, v_cov (world covariance), v_opacity_raw (w.r.t. sigmoid(logit)),
+// v_sh [K, 3], and the pose gradient v_R, v_t of this camera.
+template <typename T>
+RECON_HD void project_vjp(const CameraView<T>& cam, int width, int height, bool antialiased, int sh_degree,
+                          const Vec3<T>& mean, const Mat3<T>& cov, T opacity_raw, const T* sh,
+                          const Vec2<T>& v_mean2d, const Sym2<T>& v_conic, const Vec3<T>& v_color,
+                          T v_opacity, T v_depth, Vec3<T>& v_mean, Mat3<T>& v_cov, T& v_opacity_raw, T* v_sh,
+                          Mat3<T>& v_R, Vec3<T>& v_t) {
+  Vec3<T> pc;
+  Mat3<T> cov_c;
+  world_to_cam(cam.R, cam.t, mean, cov, pc, cov_c);
+  Vec2<T> m2;
+  Sym2<T> cov2d, conic;
+  T comp, det;
+  persp_proj(pc, cov_c, cam.K, width, height, m2, cov2d);
+  conic_from_cov2d(cov2d, conic, comp, det);
+  // Opacity: o = sigmoid(logit) [* compensation].
+  T v_comp = T(0);
+  if (antialiased) {
+    v_opacity_raw += v_opacity * comp;
+    v_comp = v_opacity * opacity_raw;
+  } else {
+    v_opacity_raw += v_opacity;
+  }
+  Sym2<T> v_cov2d = {T(0), T(0), T(0)};
+  conic_from_cov2d_vjp(cov2d, v_conic, v_comp, v_cov2d);
+  Vec3<T> v_pc = {T(0), T(0), v_depth};
+  Mat3<T> v_cov_c = mat3_zero<T>();
+  persp_proj_vjp(pc, cov_c, cam.K, width, height, v_mean2d, v_cov2d, v_pc, v_cov_c);
+  world_to_cam_vjp(cam.R, mean, cov, v_pc, v_cov_c, v_mean, v_cov, v_R, v_t);
+  // Colour from SH along the viewing direction mean - camera centre.
+  const Vec3<T> dir = {mean.x - cam.centre.x, mean.y - cam.centre.y, mean.z - cam.centre.z};
+  Vec3<T> v_dir = {T(0), T(0), T(0)};
+  sh_color_vjp(sh_degree, dir, sh, v_color, v_sh, v_dir);
+  v_mean.x += v_dir.x;
+  v_mean.y += v_dir.y;
+  v_mean.z += v_dir.z;
+  const Vec3<T> v_centre = {-v_dir.x, -v_dir.y, -v_dir.z};
+  camera_centre_vjp(cam.R, cam.t, v_centre, v_R, v_t);
 }
 
 // ---------------------------------------------------------------- tile binning
@@ -451,7 +548,9 @@ RECON_HD void camera_centre_vjp(const Mat3<T>& R, const Vec3<T>& t, const Vec3<T
 
 RECON_HD int tiles_along(int pixels, int tile_size) { return (pixels + tile_size - 1) / tile_size; }
 
-struct TileRange { int x0, x1, y0, y1; };  // [x0, x1) x [y0, y1) in tiles
+struct TileRange {
+  int x0, x1, y0, y1;
+};  // [x0, x1) x [y0, y1) in tiles
 
 RECON_HD int clamp_tile(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
 
