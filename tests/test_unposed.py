@@ -257,3 +257,39 @@ def test_leaves_three_views_fail_with_a_clear_error_naming_the_view():
     split = select_split(truth, "llff", 3)
     with pytest.raises(ReconError, match=r"view IMG_\d+ .*verified matches with IMG_\d+"):
         recover_split_poses(blind(truth), split)
+
+
+# ---- intrinsics of a plain folder ------------------------------------------------------
+
+
+def _photo(path, exif_tags: dict | None, size=(120, 90)):
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype("uint8"))
+    exif = Image.Exif()
+    for tag, value in (exif_tags or {}).items():
+        exif.get_ifd(0x8769)[tag] = value
+    im.save(path, exif=exif)
+
+
+def test_plain_folder_focal_from_exif_else_the_guess(tmp_path):
+    from recon.data import load_scene
+
+    (tmp_path / "exif").mkdir()
+    for i in range(2):
+        _photo(tmp_path / "exif" / f"p{i}.jpg", {0xA405: 26})  # 26 mm equivalent, a phone's main camera
+    scene = load_scene(tmp_path / "exif")
+    assert not scene.posed and scene.meta["intrinsics"] == "exif"
+    expected = 26 / math.hypot(36, 24) * math.hypot(120, 90)
+    assert float(scene.views[0].camera.K[0, 0]) == pytest.approx(expected, rel=1e-5)
+    (tmp_path / "focal_plane").mkdir()
+    for i in range(2):  # 4 mm lens, 30 pixels per mm at the written resolution
+        _photo(tmp_path / "focal_plane" / f"p{i}.jpg", {0x920A: 4.0, 0xA20E: 300.0, 0xA210: 3})
+    assert float(load_scene(tmp_path / "focal_plane").views[0].camera.K[0, 0]) == pytest.approx(120.0, rel=1e-5)
+    (tmp_path / "mixed").mkdir()
+    _photo(tmp_path / "mixed" / "a.jpg", {0xA405: 26})
+    _photo(tmp_path / "mixed" / "b.jpg", None)
+    mixed = load_scene(tmp_path / "mixed", width=60)
+    assert mixed.meta["intrinsics"].startswith("guess") and "1 of 2 with EXIF" in mixed.meta["intrinsics"]
+    assert float(mixed.views[0].camera.K[0, 0]) == pytest.approx(1.2 * 60, rel=1e-5)
