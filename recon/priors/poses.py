@@ -46,7 +46,7 @@ class RecoveredPoses:
         return self.record["test_poses"]
 
 
-def camera_similarity(src: "list[Camera]", dst: "list[Camera]") -> tuple[float, Tensor, Tensor]:
+def camera_similarity(src: list[Camera], dst: list[Camera]) -> tuple[float, Tensor, Tensor]:
     """(s, R [3, 3], t [3]) with x_dst = s R x_src + t mapping the frame of cameras ``src``
     onto the frame of the same cameras ``dst``: R is the chordal mean of the per-camera
     rotation offsets (a camera's rotation pins the frame's rotation even when the centres

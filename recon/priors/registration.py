@@ -34,7 +34,7 @@ class Registration:
     reason: str = ""  # why it failed, naming the training views it was matched with
 
 
-def register_views(model: SfMModel, views: "list[View] | tuple[View, ...]") -> list[Registration]:
+def register_views(model: SfMModel, views: list[View] | tuple[View, ...]) -> list[Registration]:
     """Pose of each view in the model's frame (the model is read, never written)."""
     import pycolmap
 

@@ -79,7 +79,7 @@ def _reprojection_error(P: np.ndarray, X: np.ndarray, x: np.ndarray) -> tuple[np
 
 
 def triangulate_sift(
-    views: "list[View] | tuple[View, ...]",
+    views: list[View] | tuple[View, ...],
     *,
     max_features: int = 4000,
     max_epipolar_px: float = 1.5,
@@ -193,7 +193,7 @@ class SfMModel:
                 "focal_px": round(float(self.views[0].camera.K[0, 0]), 2), "per_view": self.per_view,
                 "pairs": [vars(p) for p in self.pairs]}
 
-    def register(self, views: "list[View] | tuple[View, ...]") -> tuple[list[View | None], list[dict]]:
+    def register(self, views: list[View] | tuple[View, ...]) -> tuple[list[View | None], list[dict]]:
         """Poses of new views against this frozen model -> (posed views, None where
         registration failed; one record per view: name, ok, matches, inliers, reason)."""
         from recon.priors.registration import register_views
@@ -204,14 +204,14 @@ class SfMModel:
         return [r.view if r.ok else None for r in regs], details
 
 
-def recover_poses(views: "list[View] | tuple[View, ...]", *, settings: SfMSettings | None = None,
+def recover_poses(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
                   **overrides) -> tuple[View, ...]:
     """Views without (trusted) poses -> the same views with recovered intrinsics and
     world-to-camera poses (COLMAP's arbitrary frame and scale). See :func:`reconstruct`."""
     return reconstruct(views, settings=settings, **overrides).views
 
 
-def reconstruct(views: "list[View] | tuple[View, ...]", *, settings: SfMSettings | None = None,
+def reconstruct(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
                 **overrides) -> SfMModel:
     """Structure from motion of 2-9 views -> ``SfMModel``. The views' intrinsics are the
     focal prior (EXIF or 1.2 x max side, refined in bundle adjustment unless
@@ -238,7 +238,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def extract_features(views: "list[View] | tuple[View, ...]", names: list[str], folder: Path,
+def extract_features(views: list[View] | tuple[View, ...], names: list[str], folder: Path,
                      settings: SfMSettings) -> Path:
     """Write the views as PNGs under ``folder/images`` and extract COLMAP SIFT into
     ``folder/database.db`` (one shared camera when all views have one size, with the
@@ -319,7 +319,7 @@ def _pair_stats(db_path: Path, views, names) -> tuple[list[PairStat], dict[str, 
             inliers, geometry = 0, "none"
             if db.exists_two_view_geometry(i, j):
                 g = db.read_two_view_geometry(i, j)
-                inliers, geometry = int(len(g.inlier_matches)), str(g.config).split(".")[-1]
+                inliers, geometry = len(g.inlier_matches), str(g.config).split(".")[-1]
             stats.append(PairStat(va.name, vb.name, matches, inliers, geometry))
     finally:
         db.close()
