@@ -102,9 +102,6 @@ def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
         for v in views:
             d = model.predict(v.image)
             priors.append((d.values.float(), d.kind))
-    if cfg.stereo_model:
-        raise ConfigError("stereo_model (--stereo-model) is not wired into recon fit yet; drop the flag to use "
-                          "the weight-free multi-view stereo prior")
     if cfg.diffusion.enabled:
         if not cfg.diffusion.model:
             raise ConfigError("diffusion.enabled=true needs diffusion.model (a local diffusers folder); "
@@ -177,10 +174,20 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     generator = torch.Generator().manual_seed(cfg.seed)
     scene = _load(spec, cfg)
     split = _split(scene, cfg.data.protocol, cfg.data.views)
+    if cfg.stereo_model and scene.posed:
+        raise ConfigError(f"--stereo-model recovers poses for a folder of photos without poses; {spec} has poses "
+                          f"({scene.format}): drop the flag, or pass a folder with only the images")
+    recovered = None
     if not scene.posed:
-        scene = _recover_poses(scene, split, cfg)
+        recovered = _recover_poses(scene, split, cfg)
+        scene, split = replace(recovered.scene, meta={**recovered.scene.meta, "poses": recovered.record}), recovered.split
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
     gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
+    if recovered is not None and cfg.stereo_model:  # the pointmap model's fused cloud seeds the Gaussians
+        from recon.init import gaussians_from_points
+
+        gaussians = gaussians_from_points(recovered.points, recovered.colors, cfg.init.sh_degree)
+        prior_points = recovered.points
     depth_model, learned, refiner = _learned_priors(cfg, train, run)
     if learned is not None:
         depth_priors = learned
@@ -194,20 +201,20 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner)
 
 
-def _recover_poses(scene: Scene, split: Split, cfg: FitConfig) -> Scene:
-    """Unposed scene -> the same scene with SfM poses, normalised (COLMAP's frame and scale
-    are arbitrary)."""
-    from recon.data.common import apply_normalisation, camera_normalisation
-    from recon.priors.sfm import recover_poses
+def _recover_poses(scene: Scene, split: Split, cfg: FitConfig):
+    """Unposed scene -> poses from the training views alone, test views registered against
+    the frozen training model (recon.priors.poses; a pointmap model with --stereo-model).
+    -> recon.priors.poses.RecoveredPoses (its record of how train and test poses were
+    obtained goes to metrics.json)."""
+    from recon.priors.poses import recover_split_poses
 
-    # Test views join SfM so they can be evaluated; their images only give poses.
-    all_views = list(scene.views)
-    idx = list(split.train) + list(split.test)
-    recovered = list(recover_poses([all_views[i] for i in idx], seed=cfg.seed))
-    norm = camera_normalisation(recovered)
-    for i, v in zip(idx, recovered):
-        all_views[i] = apply_normalisation(v, norm)
-    return replace(scene, views=tuple(all_views), normalisation=norm)
+    model = None
+    if cfg.stereo_model:
+        from recon.priors.pointmap import load_pointmap_model
+
+        model = load_pointmap_model(cfg.stereo_model)
+    return recover_split_poses(scene, split, seed=cfg.seed, num_threads=cfg.threads if cfg.threads > 0 else -1,
+                               pointmap_model=model, max_points=cfg.init.max_points)
 
 
 def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
@@ -270,7 +277,9 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     metrics["protocol"] = {"name": split.protocol, "description": split.description,
                            "train": [v.name for v in train], "test": [v.name for v in test],
                            "views": len(train), "resolution": [train[0].width, train[0].height],
-                           "metrics": impl, "posed": scene.posed}
+                           "metrics": impl, "posed": scene.posed,
+                           "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
+                           "poses": scene.meta.get("poses")}
     metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
                    peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
                    train_final=result.history[-1] if result.history else None)

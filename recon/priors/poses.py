@@ -94,11 +94,14 @@ def recover_split_poses(
     num_threads: int = 1,
     pointmap_model=None,
     reference: Scene | None = None,
+    max_points: int | None = None,
 ) -> RecoveredPoses:
     """Poses for ``split`` of an unposed ``scene`` (see the module docstring).
     ``pointmap_model``: a ``recon.priors.pointmap.PointmapModel`` (else SfM).
     ``reference``: a posed scene with the same view names; its test poses are used,
-    aligned through the training cameras, instead of registration."""
+    aligned through the training cameras, instead of registration. ``max_points``: keep
+    a seeded random subset of the reconstruction's points (a pointmap cloud has one per
+    pixel)."""
     from recon.data.common import apply_normalisation, camera_normalisation
 
     train = list(scene.subset(split.train))
@@ -136,9 +139,11 @@ def recover_split_poses(
                             description=f"{split.description}; test views not registered, left out: {names}")
     record = {"train_poses": recon.record(), "test_poses": how, "normalisation": "from the recovered training cameras",
               "test_registration": details, "test_unregistered": [f["name"] for f in failed]}
-    pts = norm.to_normalised(recon.points.double()).float() if len(recon.points) else recon.points
-    return RecoveredPoses(replace(scene, views=tuple(views), normalisation=norm), new_split, norm, pts,
-                          recon.colors, record)
+    pts, cols = norm.to_normalised(recon.points.double()).float(), recon.colors
+    if max_points is not None and len(pts) > max_points:
+        keep = torch.randperm(len(pts), generator=torch.Generator().manual_seed(seed))[:max_points]
+        pts, cols = pts[keep], cols[keep]
+    return RecoveredPoses(replace(scene, views=tuple(views), normalisation=norm), new_split, norm, pts, cols, record)
 
 
 def _reference_test_poses(reference: Scene, train_posed: list[View], test: list[View]) -> list[View]:
