@@ -108,3 +108,39 @@ def test_browser_shows_the_splats(tmp_path: Path):
     assert inside.std(0).mean() > 12, "the centre is one flat colour, not the splat sphere"
     assert background.std(0).mean() < 5, "the background is not plain: the view is off the scene"
     assert np.abs(inside.mean(0) - background.mean(0)).max() > 30, "the centre looks like the background"
+
+
+def test_browser_off_loopback_connects_only_with_the_token(tmp_path: Path):
+    """Bound to 0.0.0.0 the viewer requires its token: the printed URL loads and its websocket
+    (opened by viser's client without the query string) is admitted by the page's cookie; the
+    bare address gets a 403 and no client connects."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    chromium = _chromium()
+    from recon.view.scene import SceneView
+    from recon.view.server import ViewerServer
+
+    server = ViewerServer(host="0.0.0.0", port=0, announce=False)
+    scene = SceneView(server)
+    try:
+        scene.set_gaussians(coloured_sphere(200))
+        with sync_api.sync_playwright() as pw:
+            try:
+                context = pw.chromium.launch_persistent_context(
+                    tempfile.mkdtemp(prefix="recon-chromium-", dir=tmp_path), executable_path=chromium,
+                    headless=True, args=CHROMIUM_FLAGS, viewport={"width": 400, "height": 300})
+            except Exception as exc:  # noqa: BLE001 - a browser that cannot start is an environment issue
+                pytest.skip(f"{chromium} could not start: {str(exc).splitlines()[0]}")
+            try:
+                page = context.new_page()
+                response = page.goto(f"http://127.0.0.1:{server.port}/")
+                assert response.status == 403
+                assert not server.wait_for_clients(1, timeout=3)
+                response = page.goto(server.url)
+                assert response.status == 200
+                page.wait_for_selector("canvas", timeout=60_000)
+                assert server.wait_for_clients(1, timeout=60)
+            finally:
+                context.close()
+    finally:
+        scene.close()
+        server.stop()

@@ -107,7 +107,7 @@ def write_run(folder: Path, g: Gaussians, train: tuple[Camera, ...], test: tuple
 
 
 def test_load_run_folder_and_bare_ply(tmp_path: Path):
-    from recon.view.run import load_run
+    from recon.view.finished_run import load_run
 
     g, cams = make_gaussians(120), ring_cameras(4)
     run = write_run(tmp_path / "run", g, cams[:3], cams[3:])
@@ -122,7 +122,7 @@ def test_load_run_folder_and_bare_ply(tmp_path: Path):
 
 
 def test_bad_runs_raise_clear_errors(tmp_path: Path):
-    from recon.view.run import load_run
+    from recon.view.finished_run import load_run
 
     with pytest.raises(SceneError, match="no such run folder"):
         load_run(tmp_path / "missing")

@@ -15,6 +15,9 @@ def register(subparsers) -> None:
         description="Reconstruct SCENE (a scene folder, or builtin:synthetic) from N training views: "
                     "initialise from stereo priors, optimise, render the held-out views and report "
                     "metrics. Any config key can be overridden with --set KEY=VALUE.",
+        epilog="Ctrl-C or SIGTERM stops after the current step, saves a checkpoint and prints the "
+               "`recon fit --resume RUN` command (a second one aborts at once); exit codes: 0 done, "
+               "2 bad input or a file that could not be written, 130 stopped by SIGINT, 143 by SIGTERM.",
     )
     p.add_argument("scene", nargs="?", metavar="SCENE", help="scene folder or builtin:synthetic (omit with --resume)")
     p.add_argument("--views", type=int, default=None, help="number of training views (default: config data.views)")
@@ -34,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--view", action="store_true", help="watch the fit live in the browser")
     p.add_argument("--host", default="127.0.0.1", help="viewer address (with --view)")
     p.add_argument("--port", type=int, default=8080, help="viewer port (with --view)")
+    p.add_argument("--token", default=None, help="viewer access token (with --view; generated when --host "
+                                                  "is not loopback)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
 
@@ -81,23 +86,36 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from recon.commands._signals import FitInterrupt, StopServing
+    from recon.optimise.checkpoint import explain_write_failure
     from recon.optimise.events import FitControl
 
     control = FitControl()
-    listeners: list = [] if args.no_progress else [ProgressBar()]
+    interrupt = FitInterrupt(control)  # Ctrl-C/SIGTERM: stop like the viewer's Stop button
+    listeners: list = [interrupt] if args.no_progress else [interrupt, ProgressBar()]
     viewer = None
-    if args.view:
-        from recon.view.live import LiveViewer  # lazy: viser only when asked for
-
-        viewer = LiveViewer(host=args.host, port=args.port, control=control)
-        listeners.append(viewer)
     try:
-        out = _fit(args, listeners, control)
+        with interrupt.installed():
+            if args.view:
+                from recon.view.live import LiveViewer  # lazy: viser only when asked for
+
+                viewer = LiveViewer(host=args.host, port=args.port, control=control, token=args.token)
+                listeners.append(viewer)
+            out = _fit(args, listeners, control)
         _print_summary(out)
+        if interrupt.signum is not None:
+            print(interrupt.report())
+            return interrupt.exit_code
         if viewer is not None:
             # The page stays up on the finished run until Ctrl-C; checkpoints are already written.
             print("fit finished; the viewer keeps serving the result (Ctrl-C to exit)")
-            viewer.serve_forever()
+            stop = StopServing()
+            with stop.installed():
+                stop.attach(viewer.server.request_stop)
+                viewer.serve_forever()
+    except OSError as exc:  # disk full, read-only, a file where the run folder should be
+        run = interrupt.run_dir or args.resume or args.out or Path(exc.filename or ".").parent
+        raise explain_write_failure(exc, exc.filename, run) from exc
     finally:
         if viewer is not None:
             viewer.close()

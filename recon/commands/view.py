@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                         help="address to bind (default 127.0.0.1: this machine only; "
                              "0.0.0.0 serves the network)")
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    parser.add_argument("--token", default=None,
+                        help="access token the page and websocket require (default: generated and "
+                             "printed in the URL when --host is not loopback; none on loopback)")
     parser.add_argument("--path-video", metavar="OUT", default=None,
                         help="render a camera path to OUT (.mp4 or .gif) and exit")
     parser.add_argument("--path", dest="path_kind", choices=("orbit", "spiral"), default=None,
@@ -42,7 +45,15 @@ def _default_path_kind(cameras) -> str:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from recon.view.run import RunViewer, load_run
+    from recon.commands._signals import StopServing
+
+    stop = StopServing()  # SIGINT/SIGTERM end the viewer, also when the parent ignores SIGINT
+    with stop.installed():
+        return _serve_or_render(args, stop)
+
+
+def _serve_or_render(args: argparse.Namespace, stop) -> int:
+    from recon.view.finished_run import RunViewer, load_run
 
     contents = load_run(args.run)
     if args.path_video:
@@ -54,5 +65,7 @@ def handler(args: argparse.Namespace) -> int:
         out = render_path(contents.gaussians, path, args.path_video, fps=args.fps, max_side=args.size)
         print(f"wrote {out} ({len(path)} frames, {kind} path)")
         return 0
-    RunViewer(contents, host=args.host, port=args.port).serve_forever()
+    viewer = RunViewer(contents, host=args.host, port=args.port, token=args.token)
+    stop.attach(viewer.server.request_stop)
+    viewer.serve_forever()
     return 0

@@ -54,11 +54,12 @@ class LiveViewer:
         panel_interval: float = 0.25,
         render_fn=None,
         announce: bool = True,
+        token: str | None = None,
     ) -> None:
         self.control = control
         self.update_every = float(update_every)
         self.panel_interval = float(panel_interval)
-        self.server = ViewerServer(host, port, title="recon fit", announce=announce)
+        self.server = ViewerServer(host, port, title="recon fit", announce=announce, token=token)
         self.scene = SceneView(self.server, render_fn=render_fn)
         self._build_panel()
         self._last_panel = 0.0

@@ -7,8 +7,17 @@ Two ways to show Gaussians:
   splats carry one RGB colour each, so they show the SH DC term (view-independent colour).
 * **rgb / depth / alpha**: the server renders the client's current view with
   ``recon.render.render`` (every SH band up to the chosen degree) and sends the image as
-  the scene background. Renders happen on one worker thread; a client that moves the
-  camera again before its previous frame is done only gets the latest view.
+  the scene background.
+
+Server renders are shared out under one budget, however many browsers are connected: one
+worker thread renders the waiting clients in turn (first come, first served), each at its
+latest camera (a camera that moves again before its frame is done replaces the request:
+a superseded frame, counted in ``frames_superseded``), and after a render that took t
+seconds it rests t * (1 - b) / b, so renders use at most a fraction b = ``render_budget``
+of the wall time. The budget matters because the rasteriser holds the GIL while it runs:
+a render beside a fit pauses the fit's thread. Memory stays bounded: one pending entry per
+client, and viser keeps only the newest background image per client in its send buffer.
+(apps/viewer_load.py measures latency, superseded frames and the fit's slowdown.)
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from recon.visual import colour_depth
 SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic, Y_0^0
 RENDER_MODES = ("splats", "rgb", "depth", "alpha")
 MAX_SERVER_RENDER_SIDE = 512  # CPU rasterisation: keep interactive renders small
+RENDER_BUDGET = 0.1  # share of wall time all server renders together may use (a fit beside them pauses)
 THUMBNAIL_HEIGHT = 96
 TRAIN_COLOUR = (40, 110, 230)
 TEST_COLOUR = (230, 120, 30)
@@ -166,8 +176,12 @@ class SceneView:
     Thread-safe: ``set_gaussians`` may be called from any thread; the GUI callbacks run
     on viser's threads; server renders run on this object's worker thread."""
 
-    def __init__(self, server, *, render_fn: RenderFn | None = None, background=(0.0, 0.0, 0.0)) -> None:
+    def __init__(self, server, *, render_fn: RenderFn | None = None, background=(0.0, 0.0, 0.0),
+                 render_budget: float = RENDER_BUDGET) -> None:
+        if not 0.0 < render_budget <= 1.0:
+            raise ValueError(f"render_budget must be in (0, 1], got {render_budget}")
         self.server = server
+        self.render_budget = float(render_budget)
         self.render_fn = render_fn or default_render_fn
         self.background = tuple(float(b) for b in background)
         self._lock = threading.Lock()
@@ -175,10 +189,13 @@ class SceneView:
         self._cameras = CameraSet()
         self._splats = None  # viser GaussianSplatHandle
         self._camera_root = None  # viser FrameHandle parenting every frustum
-        self._pending: dict[int, object] = {}  # client id -> ClientHandle awaiting a render
+        self._pending: dict[int, object] = {}  # client id -> ClientHandle awaiting a render, oldest first
         self._wake = threading.Event()
+        self._closing = threading.Event()
         self._closed = False
         self.renders_done = 0  # server renders sent (tests, overhead accounting)
+        self.frames_superseded = 0  # render requests replaced by a newer camera before they ran
+        self.render_seconds = 0.0  # total time spent rendering, encoding and sending for clients
         self.last_render_seconds = 0.0
         self._build_gui()
         self._worker = threading.Thread(target=self._render_loop, name="recon-view-render", daemon=True)
@@ -337,23 +354,34 @@ class SceneView:
         if self.mode.value == "splats" or self._closed:
             return
         with self._lock:
+            if client.client_id in self._pending:
+                self.frames_superseded += 1  # keeps its place in the queue; renders at the newest camera
             self._pending[client.client_id] = client
         self._wake.set()
 
     def _render_loop(self) -> None:
+        rest_until = 0.0
         while not self._closed:
             self._wake.wait(0.5)
-            self._wake.clear()
+            if self._closing.wait(max(0.0, rest_until - time.perf_counter())):
+                break  # closed while resting
             with self._lock:
-                pending, self._pending = self._pending, {}
+                self._wake.clear()
+                if not self._pending or self._gaussians is None:
+                    continue
+                client_id = next(iter(self._pending))
+                client = self._pending.pop(client_id)
                 g = self._gaussians
-            for client in pending.values():
-                if g is None or self._closed:
-                    break
-                try:
-                    self._render_for(client, g)
-                except Exception as exc:  # noqa: BLE001 - show the reason in the panel, keep serving
-                    self.status.content = f"server render failed: {type(exc).__name__}: {exc}"
+                if self._pending:
+                    self._wake.set()
+            start = time.perf_counter()
+            try:
+                self._render_for(client, g)
+            except Exception as exc:  # noqa: BLE001 - show the reason in the panel, keep serving
+                self.status.content = f"server render failed: {type(exc).__name__}: {exc}"
+            cost = time.perf_counter() - start
+            self.render_seconds += cost
+            rest_until = time.perf_counter() + cost * (1.0 - self.render_budget) / self.render_budget
 
     def render_view(self, g: Gaussians, cam: Camera, mode: str) -> np.ndarray:
         settings = RenderSettings(sh_degree=min(int(self.sh_degree.value), g.sh_degree),
@@ -387,6 +415,7 @@ class SceneView:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
         self._wake.set()
         self._worker.join(timeout=5.0)
 

@@ -1,15 +1,17 @@
-"""A thin wrapper around ``viser.ViserServer``: safe defaults (loopback only), one printed
-URL, clean shutdown on Ctrl-C. viser itself serves many browser clients at once; every
-scene node added through ``server.scene`` is broadcast to all of them and replayed to a
+"""A thin wrapper around ``viser.ViserServer``: safe defaults (loopback only, an access
+token when bound off loopback: ``recon.view.access``), one printed URL, clean shutdown on
+Ctrl-C. viser itself serves many browser clients at once; every scene node added through ``server.scene`` is broadcast to all of them and replayed to a
 client that connects later."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 
 from recon.errors import ConfigError, MissingDependencyError
+from recon.view.access import TokenCheck, guarded_serve, is_loopback, new_token
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -45,6 +47,7 @@ class ViewerServer:
         title: str = "recon",
         verbose: bool = False,
         announce: bool = True,
+        token: str | None = None,
     ) -> None:
         try:
             import viser
@@ -56,9 +59,19 @@ class ViewerServer:
             raise ConfigError(f"--port {port} is not a TCP port; use 0-65535")
         _check_port_free(host, int(port))
         self.host = host
-        self.viser = viser.ViserServer(host=host, port=int(port), label=title, verbose=verbose)
+        # Off loopback anyone who reaches the port could steer a fit: require a token there
+        # (generated unless given); on loopback only when one is given.
+        if token is None and not is_loopback(host):
+            token = new_token()
+        self.token = token or None
+        self._access = TokenCheck(self.token) if self.token else None
+        with guarded_serve(self._access) if self._access else contextlib.nullcontext():
+            self.viser = viser.ViserServer(host=host, port=int(port), label=title, verbose=verbose)
+        if self._access is not None:
+            self._access.port = self.port
         self.viser.gui.set_panel_label(title)
-        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._closed = False
         if announce:
             print(f"viewer: open {self.url} in a browser (Ctrl-C to stop)", flush=True)
 
@@ -72,7 +85,12 @@ class ViewerServer:
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         if ":" in shown:
             shown = f"[{shown}]"
-        return f"http://{shown}:{self.port}"
+        return f"http://{shown}:{self.port}" + (f"/?token={self.token}" if self.token else "")
+
+    @property
+    def refused(self) -> int:
+        """Requests refused for a missing or wrong token."""
+        return self._access.refused if self._access is not None else 0
 
     @property
     def scene(self):
@@ -95,23 +113,29 @@ class ViewerServer:
         return False
 
     def serve_forever(self) -> None:
-        """Blocks until Ctrl-C (or ``stop()`` from another thread), then shuts down."""
+        """Blocks until ``request_stop()`` (a signal handler, another thread) or Ctrl-C,
+        then shuts down."""
         try:
-            while not self._stopped.wait(0.2):
+            while not self._stop_requested.wait(0.2):
                 pass
         except KeyboardInterrupt:
-            print("viewer: stopping", flush=True)
+            pass
         finally:
+            print("viewer: stopping", flush=True)
             self.stop()
 
+    def request_stop(self) -> None:
+        """Makes ``serve_forever`` return; safe to call from a signal handler."""
+        self._stop_requested.set()
+
     def stop(self) -> None:
-        if self._stopped.is_set() and getattr(self, "_closed", False):
+        self._stop_requested.set()
+        if self._closed:
             return
-        self._stopped.set()
         self._closed = True
         self.viser.stop()
 
-    def __enter__(self) -> "ViewerServer":
+    def __enter__(self) -> ViewerServer:
         return self
 
     def __exit__(self, *exc) -> None:

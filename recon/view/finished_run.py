@@ -16,6 +16,7 @@ from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
 PlyReader = Callable[[Path], Gaussians]
+FINISHED_RUN_RENDER_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,12 @@ class RunViewer:
     """Serves one finished run. ``RunViewer(...).serve_forever()`` blocks until Ctrl-C."""
 
     def __init__(self, contents: RunContents, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 *, render_fn=None, announce: bool = True) -> None:
+                 *, render_fn=None, announce: bool = True, token: str | None = None) -> None:
         self.contents = contents
         title = f"recon: {(contents.run_dir or contents.ply_path).name}"
-        self.server = ViewerServer(host, port, title=title, announce=announce)
-        self.scene = SceneView(self.server, render_fn=render_fn)
+        self.server = ViewerServer(host, port, title=title, announce=announce, token=token)
+        # No fit to protect here: server renders may use half the wall time.
+        self.scene = SceneView(self.server, render_fn=render_fn, render_budget=FINISHED_RUN_RENDER_BUDGET)
         with self.server.gui.add_folder("Run", order=0):
             self.server.gui.add_markdown(
                 f"`{contents.ply_path}`  \n{len(contents.gaussians):,} Gaussians, "
