@@ -108,12 +108,12 @@ def recover_split_poses(
     if pointmap_model is not None:
         from recon.priors.pointmap import PointmapReconstruction
 
-        recon = PointmapReconstruction.from_views(pointmap_model, train)
+        reconstruction = PointmapReconstruction.from_views(pointmap_model, train)
     else:
         from recon.priors.sfm import reconstruct
 
-        recon = reconstruct(train, seed=seed, num_threads=num_threads)
-    train_posed = list(recon.views)
+        reconstruction = reconstruct(train, seed=seed, num_threads=num_threads)
+    train_posed = list(reconstruction.views)
     norm = camera_normalisation(train_posed)  # training cameras only: test views must not shape the frame
     # ---- nothing above this line has read a test image ----
     test = list(scene.subset(split.test))
@@ -121,7 +121,12 @@ def recover_split_poses(
     if reference is not None:
         test_posed, failed, how = _reference_test_poses(reference, train_posed, test), [], TEST_POSES_GT_ALIGNED
     else:
-        test_posed, details = recon.register(test)
+        if pointmap_model is not None:
+            test_posed, details = reconstruction.register(test)
+        else:
+            from recon.priors.registration import register
+
+            test_posed, details = register(reconstruction, test)
         failed = [d for d in details if not d["ok"]]
         how = TEST_POSES_POINTMAP if pointmap_model is not None else TEST_POSES_REGISTERED
     views = list(scene.views)
@@ -137,9 +142,9 @@ def recover_split_poses(
         names = ", ".join(f["name"] for f in failed)
         new_split = replace(split, test=tuple(kept),
                             description=f"{split.description}; test views not registered, left out: {names}")
-    record = {"train_poses": recon.record(), "test_poses": how, "normalisation": "from the recovered training cameras",
+    record = {"train_poses": reconstruction.record(), "test_poses": how, "normalisation": "from the recovered training cameras",
               "test_registration": details, "test_unregistered": [f["name"] for f in failed]}
-    pts, cols = norm.to_normalised(recon.points.double()).float(), recon.colors
+    pts, cols = norm.to_normalised(reconstruction.points.double()).float(), reconstruction.colors
     if max_points is not None and len(pts) > max_points:
         keep = torch.randperm(len(pts), generator=torch.Generator().manual_seed(seed))[:max_points]
         pts, cols = pts[keep], cols[keep]

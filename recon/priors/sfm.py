@@ -193,16 +193,6 @@ class SfMModel:
                 "focal_px": round(float(self.views[0].camera.K[0, 0]), 2), "per_view": self.per_view,
                 "pairs": [vars(p) for p in self.pairs]}
 
-    def register(self, views: list[View] | tuple[View, ...]) -> tuple[list[View | None], list[dict]]:
-        """Poses of new views against this frozen model -> (posed views, None where
-        registration failed; one record per view: name, ok, matches, inliers, reason)."""
-        from recon.priors.registration import register_views
-
-        regs = register_views(self, views)
-        details = [{"name": r.view.name, "ok": r.ok, "matches": r.matches, "inliers": r.inliers,
-                    **({"reason": r.reason} if r.reason else {})} for r in regs]
-        return [r.view if r.ok else None for r in regs], details
-
 
 def recover_poses(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
                   **overrides) -> tuple[View, ...]:
