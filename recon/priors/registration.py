@@ -34,6 +34,15 @@ class Registration:
     reason: str = ""  # why it failed, naming the training views it was matched with
 
 
+def register(model: SfMModel, views: list[View] | tuple[View, ...]) -> tuple[list[View | None], list[dict]]:
+    """Poses of new views against the frozen model -> (posed views, None where
+    registration failed; one record per view: name, ok, matches, inliers, reason)."""
+    regs = register_views(model, views)
+    details = [{"name": r.view.name, "ok": r.ok, "matches": r.matches, "inliers": r.inliers,
+                **({"reason": r.reason} if r.reason else {})} for r in regs]
+    return [r.view if r.ok else None for r in regs], details
+
+
 def register_views(model: SfMModel, views: list[View] | tuple[View, ...]) -> list[Registration]:
     """Pose of each view in the model's frame (the model is read, never written)."""
     import pycolmap
