@@ -57,11 +57,14 @@ def image_folder(scene: str, work: Path) -> tuple[Path, Path]:
 
 
 def fit(cmd: list[str], run: Path, log: Path) -> dict:
-    if (run / "metrics.json").is_file():
-        return json.loads((run / "fit_record.json").read_text()) if (run / "fit_record.json").is_file() else {}
+    """Runs one fit unless its folder exists (finished, or claimed by another runner of
+    this script working through the same list in parallel)."""
+    if run.exists() or log.exists():
+        record = run / "fit_record.json"
+        return json.loads(record.read_text()) if record.is_file() else {}
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     t0 = time.time()
-    with open(log, "w") as f:
+    with open(log, "x") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
     record = {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": round(time.time() - t0, 1),
               "loadavg_before": load_before, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
@@ -81,7 +84,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--only", choices=["posed", "unposed"], default=None)
+    ap.add_argument("--collect", action="store_true", help="only gather finished runs into the table")
+    ap.add_argument("--poses-only", action="store_true", help="pose recovery without fits (poses_v<N>.json)")
     args = ap.parse_args()
+    if args.poses_only:
+        poses_only(args.scenes, args.views, args.work, args.out)
+        return 0
     recon = [sys.executable, "-m", "recon.cli"]
     common = ["--config", args.config, "--views", str(args.views), "--seed", str(args.seed), "--no-progress",
               "--set", "threads=1", *sum((["--set", o] for o in args.overrides), [])]
@@ -93,7 +101,7 @@ def main() -> int:
         runs = {"posed": args.work / "runs" / f"{tag}_posed", "unposed": args.work / "runs" / f"{tag}_unposed"}
         records = {}
         for kind, run in runs.items():
-            if args.only and kind != args.only:
+            if (args.only and kind != args.only) or args.collect:
                 continue
             folder = posed if kind == "posed" else plain
             cmd = [*recon, "fit", str(folder), "--out", str(run), "--protocol", "llff", *common]
@@ -175,3 +183,57 @@ def write(args, rows: list[dict]) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     raise SystemExit(main())
+
+
+def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int = 504) -> list[dict]:
+    """Pose recovery alone (no fit) from each plain folder, as `recon fit` runs it: the
+    folder loaded at the preset's width, the LLFF split, recover_split_poses; errors of
+    the training and the registered test cameras against the dataset's poses."""
+    import torch
+
+    from recon.data import load_scene
+    from recon.data.splits import select_split
+    from recon.errors import ReconError
+    from recon.evaluate.align import Similarity, pose_errors
+    from recon.priors.poses import recover_split_poses
+
+    torch.set_num_threads(1)
+    rows = []
+    for scene in scenes:
+        plain, posed = image_folder(scene, work)
+        gt = load_scene(str(posed), width=width)
+        blind = load_scene(str(plain), width=width)
+        split = select_split(blind, "llff", views)
+        load = Path("/proc/loadavg").read_text().split()[0]
+        t0 = time.time()
+        row: dict = {"scene": scene, "views": views, "train": [blind.views[i].name for i in split.train],
+                     "loadavg": load}
+        try:
+            rec = recover_split_poses(blind, split, num_threads=1)
+        except ReconError as exc:
+            row.update(error=str(exc), seconds=round(time.time() - t0, 1))
+            rows.append(row)
+            continue
+        row["seconds"] = round(time.time() - t0, 1)
+        truth = {v.name: v.camera for v in gt.views}
+        train = [rec.scene.views[i] for i in split.train]
+        test = [rec.scene.views[i] for i in rec.split.test]
+        try:
+            sim = Similarity.from_cameras([v.camera for v in train], [truth[v.name] for v in train])
+        except ReconError as exc:  # e.g. a mirrored reconstruction
+            row.update(error=f"accepted by SfM but wrong: {exc}", route=rec.record["train_poses"]["route"])
+            rows.append(row)
+            continue
+        e = pose_errors([v.camera for v in train], [truth[v.name] for v in train], sim)
+        et = pose_errors([v.camera for v in test], [truth[v.name] for v in test], sim) if test else None
+        row.update(route=rec.record["train_poses"]["route"], rot_err_max_deg=e["rotation_error_max_deg"],
+                   centre_err_max_pct=e["centre_error_max_pct"], rot_errs_deg=e["rotation_errors_deg"],
+                   centre_errs_pct=e["centre_errors_pct"], focal_px=float(train[0].camera.K[0, 0]),
+                   focal_gt_px=float(truth[train[0].name].K[0, 0]),
+                   test_registered=f"{len(test)}/{len(split.test)}",
+                   test_rot_err_max_deg=et["rotation_error_max_deg"] if et else None,
+                   test_centre_err_max_pct=et["centre_error_max_pct"] if et else None)
+        rows.append(row)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
+    return rows

@@ -247,7 +247,14 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                              test_cameras=tuple(v.camera for v in p.test))
         if trainer.is_finite():  # also after a stop, so `--resume` continues from here
             trainer.checkpoint_fn(trainer.state_dict())
-        metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
+        test = p.test
+        if refine_poses and test and "poses" in p.scene.meta:  # registered test poses follow the refined frame
+            from recon.priors.poses import follow_refined_training
+
+            cams, p.scene.meta["poses"]["test_follow_refinement"] = follow_refined_training(
+                [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
+            test = [replace(v, camera=c) for v, c in zip(test, cams)]
+        metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
                                  trainer.render_settings(trainer.max_sh), initial, time.perf_counter() - t0)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))

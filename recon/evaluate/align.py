@@ -15,7 +15,6 @@ reports print it beside every number.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from recon.errors import ReconError
 from recon.geometry import make_pose, se3_exp, umeyama
+from recon.priors.poses import camera_similarity, rotation_angle_deg
 from recon.types import Camera, Gaussians, RenderSettings
 
 
@@ -43,8 +43,6 @@ class Similarity:
     @classmethod
     def from_cameras(cls, est: list[Camera], gt: list[Camera]) -> "Similarity":
         """The similarity mapping the recovered cameras ``est`` onto ground truth ``gt``."""
-        from recon.priors.poses import camera_similarity
-
         s, R, t = camera_similarity(est, gt)
         return cls(float(s), R.float(), t.float())
 
@@ -78,14 +76,6 @@ def map_pose_to_reconstruction(T_cam_world_gt: Tensor, sim: Similarity) -> Tenso
 
 def map_camera_to_reconstruction(camera: Camera, sim: Similarity) -> Camera:
     return replace(camera, T_cam_world=map_pose_to_reconstruction(camera.T_cam_world, sim))
-
-
-def rotation_angle_deg(R: Tensor) -> float:
-    """Angle of a rotation [3, 3] in degrees, from ||R - I||_F = 2 sqrt(2) sin(angle / 2)
-    (exact near 0, where acos of the trace loses ~0.03 degrees to float32 rounding)."""
-    R = R.double()
-    return math.degrees(2 * math.asin(min(1.0, float(torch.linalg.matrix_norm(R - torch.eye(3, dtype=R.dtype)))
-                                               / (2 * math.sqrt(2)))))
 
 
 def pose_errors(est: list[Camera], gt: list[Camera], sim: Similarity) -> dict:

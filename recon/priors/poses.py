@@ -18,6 +18,7 @@ read, so changing a test image cannot change them (tests/test_unposed.py checks 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,6 +45,14 @@ class RecoveredPoses:
     @property
     def test_poses(self) -> str:
         return self.record["test_poses"]
+
+
+def rotation_angle_deg(R: Tensor) -> float:
+    """Angle of a rotation [3, 3] in degrees, from ||R - I||_F = 2 sqrt(2) sin(angle / 2)
+    (exact near 0, where acos of the trace loses ~0.03 degrees to float32 rounding)."""
+    R = R.double()
+    return math.degrees(2 * math.asin(min(1.0, float(torch.linalg.matrix_norm(R - torch.eye(3, dtype=R.dtype)))
+                                               / (2 * math.sqrt(2)))))
 
 
 def camera_similarity(src: list[Camera], dst: list[Camera]) -> tuple[float, Tensor, Tensor]:
@@ -165,3 +174,14 @@ def _reference_test_poses(reference: Scene, train_posed: list[View], test: list[
         K = train_posed[0].camera.scaled(v.width, v.height).K  # the recovered (shared) intrinsics
         out.append(replace(v, camera=replace(map_camera(ref, s, R, t), K=K.clone())))
     return out
+
+
+def follow_refined_training(test: list[Camera], initial_train: list[Camera], refined_train: list[Camera]
+                            ) -> tuple[list[Camera], dict]:
+    """Test cameras registered against the initial training model -> the same cameras in
+    the frame of the jointly refined training cameras (the similarity that best maps the
+    initial training cameras onto the refined ones; no test image is used). Returns the
+    cameras and a record of the similarity (scale, rotation in degrees, translation)."""
+    s, R, t = camera_similarity(initial_train, refined_train)
+    record = {"scale": s, "rotation_deg": rotation_angle_deg(R), "translation": [float(x) for x in t]}
+    return [map_camera(c, s, R, t) for c in test], record
