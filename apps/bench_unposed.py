@@ -180,10 +180,6 @@ def write(args, rows: list[dict]) -> None:
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    raise SystemExit(main())
-
 
 def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int = 504) -> list[dict]:
     """Pose recovery alone (no fit) from each plain folder, as `recon fit` runs it: the
@@ -237,3 +233,8 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
         out.mkdir(parents=True, exist_ok=True)
         (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    raise SystemExit(main())

@@ -257,6 +257,7 @@ def _run_files(run) -> dict:
             "scene": json.loads((run / "scene.json").read_text()), "ply": (run / "point_cloud.ply").read_bytes()}
 
 
+@pytest.mark.slow  # two fits of a 9-photo folder: ~40 s idle, minutes on a loaded machine
 def test_recon_fit_on_a_folder_of_photos_registers_test_views_and_never_sees_their_pixels(generated, tmp_path):
     """End to end: `recon fit photos/` recovers training poses from the 3 training photos,
     registers the test photos against that frozen model and says so in metrics.json. The
