@@ -204,11 +204,13 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
         t0 = time.time()
         row: dict = {"scene": scene, "views": views, "train": [blind.views[i].name for i in split.train],
                      "loadavg": load}
+        rows.append(row)
+        out.mkdir(parents=True, exist_ok=True)
         try:
             rec = recover_split_poses(blind, split, num_threads=1)
         except ReconError as exc:
             row.update(error=str(exc), seconds=round(time.time() - t0, 1))
-            rows.append(row)
+            (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
             continue
         row["seconds"] = round(time.time() - t0, 1)
         truth = {v.name: v.camera for v in gt.views}
@@ -218,7 +220,7 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
             sim = Similarity.from_cameras([v.camera for v in train], [truth[v.name] for v in train])
         except ReconError as exc:  # e.g. a mirrored reconstruction
             row.update(error=f"accepted by SfM but wrong: {exc}", route=rec.record["train_poses"]["route"])
-            rows.append(row)
+            (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
             continue
         e = pose_errors([v.camera for v in train], [truth[v.name] for v in train], sim)
         et = pose_errors([v.camera for v in test], [truth[v.name] for v in test], sim) if test else None
@@ -229,8 +231,6 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
                    test_registered=f"{len(test)}/{len(split.test)}",
                    test_rot_err_max_deg=et["rotation_error_max_deg"] if et else None,
                    test_centre_err_max_pct=et["centre_error_max_pct"] if et else None)
-        rows.append(row)
-        out.mkdir(parents=True, exist_ok=True)
         (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
     return rows
 
