@@ -105,9 +105,6 @@ def _learned_priors(cfg: FitConfig, views: list[View], run_dir: Path):
         for v in views:
             d = model.predict(v.image)
             priors.append((d.values.float(), d.kind))
-    if cfg.stereo_model:
-        raise ConfigError("stereo_model (--stereo-model) is not wired into recon fit yet; drop the flag to use "
-                          "the weight-free multi-view stereo prior")
     if cfg.diffusion.enabled:
         if not cfg.diffusion.model:
             raise ConfigError("diffusion.enabled=true needs diffusion.model (a local diffusers folder); "
@@ -182,14 +179,24 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     with stage("load"):
         scene = _load(spec, cfg)
         split = _split(scene, cfg.data.protocol, cfg.data.views)
+    if cfg.stereo_model and scene.posed:
+        raise ConfigError(f"--stereo-model recovers poses for a folder of photos without poses; {spec} has poses "
+                          f"({scene.format}): drop the flag, or pass a folder with only the images")
     v0 = scene.views[0]  # before any heavy work: will the fit fit in memory? (names the setting to change)
     check_fit_memory(estimate_for_config(cfg, v0.width, v0.height, len(scene.views), len(split.train)))
+    recovered = None
     if not scene.posed:
         with stage("pose_recovery"):
-            scene = _recover_poses(scene, split, cfg)
+            recovered = _recover_poses(scene, split, cfg)
+        scene, split = replace(recovered.scene, meta={**recovered.scene.meta, "poses": recovered.record}), recovered.split
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
     with stage("init"):  # multi-view stereo inside it times itself as "stereo"
         gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
+        if recovered is not None and cfg.stereo_model:  # the pointmap model's fused cloud seeds the Gaussians
+            from recon.init import gaussians_from_points
+
+            gaussians = gaussians_from_points(recovered.points, recovered.colors, cfg.init.sh_degree)
+            prior_points = recovered.points
     with stage("priors"):
         depth_model, learned, refiner = _learned_priors(cfg, train, run)
     if learned is not None:
@@ -204,20 +211,20 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner)
 
 
-def _recover_poses(scene: Scene, split: Split, cfg: FitConfig) -> Scene:
-    """Unposed scene -> the same scene with SfM poses, normalised (COLMAP's frame and scale
-    are arbitrary)."""
-    from recon.data.common import apply_normalisation, camera_normalisation
-    from recon.priors.sfm import recover_poses
+def _recover_poses(scene: Scene, split: Split, cfg: FitConfig):
+    """Unposed scene -> poses from the training views alone, test views registered against
+    the frozen training model (recon.priors.poses; a pointmap model with --stereo-model).
+    -> recon.priors.poses.RecoveredPoses (its record of how train and test poses were
+    obtained goes to metrics.json)."""
+    from recon.priors.poses import recover_split_poses
 
-    # Test views join SfM so they can be evaluated; their images only give poses.
-    all_views = list(scene.views)
-    idx = list(split.train) + list(split.test)
-    recovered = list(recover_poses([all_views[i] for i in idx], seed=cfg.seed))
-    norm = camera_normalisation(recovered)
-    for i, v in zip(idx, recovered):
-        all_views[i] = apply_normalisation(v, norm)
-    return replace(scene, views=tuple(all_views), normalisation=norm)
+    model = None
+    if cfg.stereo_model:
+        from recon.priors.pointmap import load_pointmap_model
+
+        model = load_pointmap_model(cfg.stereo_model)
+    return recover_split_poses(scene, split, seed=cfg.seed, num_threads=cfg.threads if cfg.threads > 0 else -1,
+                               pointmap_model=model, max_points=cfg.init.max_points)
 
 
 def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
@@ -259,7 +266,14 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
         if trainer.is_finite():  # also after a stop, so `--resume` continues from here
             with stage("checkpoint"):
                 trainer.checkpoint_fn(trainer.state_dict())
-        metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
+        test = p.test
+        if refine_poses and test and "poses" in p.scene.meta:  # registered test poses follow the refined frame
+            from recon.priors.poses import follow_refined_training
+
+            cams, p.scene.meta["poses"]["test_follow_refinement"] = follow_refined_training(
+                [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
+            test = [replace(v, camera=c) for v, c in zip(test, cams)]
+        metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
                                  trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
@@ -294,7 +308,9 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     metrics["protocol"] = {"name": split.protocol, "description": split.description,
                            "train": [v.name for v in train], "test": [v.name for v in test],
                            "views": len(train), "resolution": [train[0].width, train[0].height],
-                           "metrics": impl, "posed": scene.posed}
+                           "metrics": impl, "posed": scene.posed,
+                           "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
+                           "poses": scene.meta.get("poses")}
     run_outputs.write_run_cameras(run, train, result.cameras, test)
     run_outputs.training_curve(run / "training_curve.png", result.history)
     stop_writing()

@@ -1,9 +1,13 @@
 """A plain folder of photographs with no poses (``Scene.posed = False``): poses must be
-recovered (recon.priors.sfm). Cameras are placeholders: identity pose and COLMAP's default
-focal guess of 1.2 x the larger image side, principal point at the centre."""
+recovered (recon.priors.sfm). Cameras are placeholders with identity poses; their focal
+length is the prior that pose recovery refines: from the photos' EXIF when they carry it
+(35 mm-equivalent focal length, else focal length and focal-plane resolution), else
+COLMAP's default guess of 1.2 x the larger image side; principal point at the centre.
+``Scene.meta["intrinsics"]`` says which."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,32 @@ from recon.types import Scene, View
 from .common import check_same_size, finish_scene, list_images, make_camera, read_many, require_dir
 
 FOCAL_GUESS = 1.2  # x max(width, height), as COLMAP's default prior
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # the 35 mm-equivalent focal length refers to this diagonal
+_EXIF_IFD = 0x8769
+_FOCAL_LENGTH, _FOCAL_35MM = 0x920A, 0xA405
+_FOCAL_PLANE_XRES, _FOCAL_PLANE_UNIT = 0xA20E, 0xA210
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # inch, cm, mm, micrometre
+
+
+def exif_focal_px(path: Path, width: int, height: int) -> float | None:
+    """Focal length in pixels of an image of (width, height) from its EXIF, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            tags = {**dict(exif), **dict(exif.get_ifd(_EXIF_IFD))}
+            exif_width = im.size[0]
+    except (OSError, ValueError):
+        return None
+    f35 = tags.get(_FOCAL_35MM)
+    if f35 and float(f35) > 0:
+        return float(f35) / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height)
+    f_mm, xres, unit = tags.get(_FOCAL_LENGTH), tags.get(_FOCAL_PLANE_XRES), tags.get(_FOCAL_PLANE_UNIT, 2)
+    if f_mm and xres and float(f_mm) > 0 and float(xres) > 0 and int(unit) in _UNIT_MM:
+        pixels_per_mm = float(xres) / _UNIT_MM[int(unit)]  # at the resolution the camera wrote
+        return float(f_mm) * pixels_per_mm * width / exif_width
+    return None
 
 
 def load_images(root: Path, *, normalise=True, downscale: float = 1.0, width: int | None = None) -> Scene:
@@ -22,11 +52,15 @@ def load_images(root: Path, *, normalise=True, downscale: float = 1.0, width: in
     paths = list_images(folder)
     arrays = read_many(paths, desc=f"reading {folder.name}")
     w, h = check_same_size(arrays, paths)
-    f = FOCAL_GUESS * max(w, h)
+    exif = [f for f in (exif_focal_px(p, w, h) for p in paths) if f is not None]
+    if len(exif) == len(paths):
+        f, source = float(np.median(exif)), "exif"
+    else:
+        f, source = FOCAL_GUESS * max(w, h), f"guess ({FOCAL_GUESS} x max side; {len(exif)} of {len(paths)} with EXIF)"
     K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
     views = [
         View(name=p.stem, image=torch.from_numpy(a), camera=make_camera(K, np.eye(4), w, h), path=p)
         for p, a in zip(paths, arrays)
     ]
-    meta = {"focal_guess": FOCAL_GUESS}
+    meta = {"focal_guess": FOCAL_GUESS, "intrinsics": source}
     return finish_scene(views, format="images", root=root, normalise=False, downscale=downscale, width=width, posed=False, meta=meta)

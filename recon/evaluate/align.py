@@ -1,9 +1,11 @@
 """Unposed evaluation: put recovered poses into the ground-truth frame before scoring.
 
 When a fit recovers its own training poses (SfM / pointmaps), its world frame differs from
-the ground truth's by a similarity (scale, rotation, translation). We estimate it with
-Umeyama's method from the training camera centres (recovered -> ground truth), then map
-each ground-truth test pose into the reconstruction's frame to render it.
+the ground truth's by a similarity (scale, rotation, translation). We estimate it from the
+training cameras (``recon.priors.poses.camera_similarity``: rotation from the cameras'
+orientations, scale and translation from their centres; a centres-only Umeyama fit is
+ill-posed for three nearly collinear forward-facing views), then map each ground-truth
+test pose into the reconstruction's frame to render it.
 
 Optionally each mapped test pose is refined photometrically against its test image with
 the Gaussians frozen (gradients through ``recon.render.render``). That uses the test image
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from recon.errors import ReconError
 from recon.geometry import make_pose, se3_exp, umeyama
+from recon.priors.poses import camera_similarity, rotation_angle_deg
 from recon.types import Camera, Gaussians, RenderSettings
 
 
@@ -36,6 +39,12 @@ class Similarity:
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "R": self.R.tolist(), "t": self.t.tolist()}
+
+    @classmethod
+    def from_cameras(cls, est: list[Camera], gt: list[Camera]) -> "Similarity":
+        """The similarity mapping the recovered cameras ``est`` onto ground truth ``gt``."""
+        s, R, t = camera_similarity(est, gt)
+        return cls(float(s), R.float(), t.float())
 
 
 def align_centres(est_centres: Tensor, gt_centres: Tensor, with_scale: bool = True) -> Similarity:
@@ -70,19 +79,24 @@ def map_camera_to_reconstruction(camera: Camera, sim: Similarity) -> Camera:
 
 
 def pose_errors(est: list[Camera], gt: list[Camera], sim: Similarity) -> dict:
-    """Absolute trajectory error (centre RMSE, ground-truth units) and mean rotation error
-    (degrees) of recovered cameras after alignment."""
-    est_c = torch.stack([c.centre for c in est]).float()  # [N, 3]
-    gt_c = torch.stack([c.centre for c in gt]).float()
-    ate = float(((sim.apply(est_c) - gt_c) ** 2).sum(-1).mean().sqrt())
+    """Errors of recovered cameras after alignment: absolute trajectory error (centre
+    RMSE, ground-truth units), rotation error per view (degrees) and centre error per view
+    as a percentage of the ground-truth cameras' extent (their largest pairwise distance)."""
+    est_c = torch.stack([c.centre for c in est]).double()  # [N, 3]
+    gt_c = torch.stack([c.centre for c in gt]).double()
+    centre_err = (sim.scale * est_c @ sim.R.double().T + sim.t.double() - gt_c).norm(dim=-1)  # [N]
+    ate = float((centre_err**2).mean().sqrt())
+    extent = float(torch.cdist(gt_c, gt_c).max())
     rot_errors = []
     for e, g in zip(est, gt):
         # R_cam_gt = R_cam_est @ R^T after alignment; compare with the ground truth
-        R_e = e.T_cam_world[:3, :3].float() @ sim.R.T
-        R_rel = R_e @ g.T_cam_world[:3, :3].float().T
-        cos = ((torch.trace(R_rel) - 1) / 2).clamp(-1.0, 1.0)
-        rot_errors.append(float(torch.rad2deg(torch.arccos(cos))))
-    return {"ate": ate, "rotation_error_deg": sum(rot_errors) / len(rot_errors), "scale": sim.scale}
+        R_e = e.T_cam_world[:3, :3].double() @ sim.R.double().T
+        rot_errors.append(rotation_angle_deg(R_e @ g.T_cam_world[:3, :3].double().T))
+    pct = [100 * float(c) / extent for c in centre_err] if extent > 0 else [float("nan")] * len(est)
+    return {"ate": ate, "rotation_error_deg": sum(rot_errors) / len(rot_errors), "scale": sim.scale,
+            "rotation_errors_deg": rot_errors, "rotation_error_max_deg": max(rot_errors),
+            "centre_errors_pct": pct, "centre_error_max_pct": max(pct), "centre_error_reference":
+            "% of the largest distance between two ground-truth training camera centres"}
 
 
 def refine_test_pose(
@@ -158,8 +172,7 @@ def evaluate_unposed(
         raise ReconError(f"{gt_scene}: views {missing[:4]} of the run are not in the ground-truth scene; "
                          "pass the same scene with its poses")
     names = list(train)
-    sim = align_centres(torch.stack([train[n].centre for n in names]),
-                        torch.stack([gt_views[n].camera.centre for n in names]))
+    sim = Similarity.from_cameras([train[n] for n in names], [gt_views[n].camera for n in names])
     errors = pose_errors([train[n] for n in names], [gt_views[n].camera for n in names], sim)
     gaussians = read_ply(run / "point_cloud.ply")
     settings = RenderSettings(background=tuple(gt.background or (0.0, 0.0, 0.0)))
@@ -169,7 +182,11 @@ def evaluate_unposed(
         view = gt_views[name]
         if width and (view.width, view.height) != (width, height):
             view = resize_view(view, int(width), int(height))
+        # the ground-truth pose in the reconstruction's frame, with the reconstruction's own
+        # (recovered, shared) intrinsics: the Gaussians were fitted through those
         cam = map_camera_to_reconstruction(view.camera, sim)
+        ref = train[names[0]]
+        cam = replace(cam, K=ref.scaled(cam.width, cam.height).K.clone())
         if refine_steps > 0:
             cam, rec = refine_test_pose(gaussians, cam, view.image, steps=refine_steps, settings=settings)
             refinements.append({"name": name, **rec})
@@ -178,7 +195,8 @@ def evaluate_unposed(
         gts[name] = view
     per_view, status = score_views(preds, gts, metric_style_for(record.get("protocol")), (1.0, 1.0, 1.0), lpips_weights)
     result = {"metrics": summarise(per_view), "views": per_view, "alignment": sim.to_dict(),
-              "train_pose_errors": errors, "aligned_on": "training camera centres (Umeyama similarity)",
+              "train_pose_errors": errors, "aligned_on": "training cameras (orientation mean + centre fit)",
+              "test_poses": "GT aligned via training cameras" + (" +photometric refinement" if refine_steps > 0 else ""),
               "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene)}
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

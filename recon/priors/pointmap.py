@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 from itertools import permutations
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -30,7 +31,7 @@ from recon.types import Camera
 
 __all__ = [
     "AlignSettings", "AlignmentResult", "PointmapGroup", "PointmapModel", "align_pointmaps",
-    "cameras_from_alignment", "load_pointmap_model", "all_pairs",
+    "cameras_from_alignment", "load_pointmap_model", "all_pairs", "PointmapReconstruction",
 ]
 
 # Where each family lives and how to get it (for the error message).
@@ -177,3 +178,60 @@ def load_pointmap_model(path: str | Path, *, family: str | None = None, device: 
         raise MissingDependencyError(
             f"pointmap model: cannot load {path} with the installed {fam} package "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+class PointmapReconstruction:
+    """Training views posed by a pointmap model (global alignment of all their pairs),
+    frozen once made: new views are located against it (``register``) from pairs with a
+    training view, without changing any training pose or point."""
+
+    def __init__(self, model: PointmapModel, views, result: AlignmentResult, settings: AlignSettings):
+        self.model, self.result, self.settings = model, result, settings
+        sizes = [(v.width, v.height) for v in views]
+        self.views = tuple(replace(v, camera=c) for v, c in zip(views, cameras_from_alignment(result, sizes)))
+        self.points, self.colors = result.points, result.colors
+
+    @classmethod
+    def from_views(cls, model: PointmapModel, views, settings: AlignSettings | None = None) -> "PointmapReconstruction":
+        settings = settings or AlignSettings()
+        views = tuple(views)
+        if len(views) < 2:
+            raise ReconError(f"pointmap pose recovery needs at least 2 views, got {len(views)}")
+        images = [v.image for v in views]
+        groups = model.predict(images, all_pairs(len(views)))
+        return cls(model, views, align_pointmaps(groups, len(views), images=images, settings=settings), settings)
+
+    def record(self) -> dict:
+        return {"method": f"pointmap model ({getattr(self.model, 'name', type(self.model).__name__)}), global "
+                          "alignment of the training views' pairs", "route": "pointmap alignment",
+                "num_points": int(self.points.shape[0]),
+                "alignment_loss": round(self.result.losses[-1], 6) if self.result.losses else None,
+                "focal_px": round(float(self.views[0].camera.K[0, 0]), 2)}
+
+    def register(self, views) -> tuple[list, list[dict]]:
+        """Each new view -> its pose from a pair with the most confident training view
+        (the pair's own prediction; the training alignment stays frozen)."""
+        from recon.priors.pointmap_align import locate_view
+
+        posed, details = [], []
+        for v in views:
+            best = None
+            for i, train in enumerate(self.views):
+                group = self.model.predict([train.image, v.image], [(0, 1)])[0]
+                score = float(group.confidence[1].mean())
+                if best is None or score > best[0]:
+                    best = (score, i, group)
+            _, i, group = best
+            ph, pw = self.result.resolution[i]
+            K = self.result.K[i].clone()  # one shared camera: the reference view's intrinsics
+            try:
+                T = locate_view(PointmapGroup((0, 1), group.points, group.confidence), self.result.world_points[i],
+                                K, self.settings)
+            except ReconError as exc:
+                posed.append(None)
+                details.append({"name": v.name, "ok": False, "reference": self.views[i].name, "reason": str(exc)})
+                continue
+            cam = Camera(K=K, T_cam_world=T, width=pw, height=ph).scaled(v.width, v.height)
+            posed.append(replace(v, camera=cam))
+            details.append({"name": v.name, "ok": True, "reference": self.views[i].name})
+        return posed, details

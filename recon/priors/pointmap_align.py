@@ -320,3 +320,22 @@ def _result(problem: _Problem, groups, sizes, images, settings, losses) -> Align
     K = torch.stack([_intrinsics(float(problem.log_f[v].exp()), *sizes[v]) for v in range(V)])
     return AlignmentResult(T_cam_world=invert_pose(T), K=K, depths=depths, world_points=world, confidence=conf,
                            points=torch.cat(pts), colors=torch.cat(cols), resolution=list(sizes), losses=losses)
+
+
+def locate_view(group: PointmapGroup, world_reference: Tensor, K: Tensor,
+                settings: AlignSettings | None = None) -> Tensor:
+    """Pose of a new view against a frozen alignment: ``group`` is a pair (reference
+    view, new view) predicted by the model, ``world_reference`` [H, W, 3] the aligned
+    world pointmap of the reference view, ``K`` [3, 3] the new view's intrinsics at
+    pointmap resolution. A trimmed similarity maps the pair's frame onto the world
+    through the reference view's pixels, PnP places the new view in the pair's frame.
+    Returns T_cam_world [4, 4]; the alignment itself is not changed."""
+    settings = settings or AlignSettings()
+    if len(group.views) != 2 or tuple(group.points.shape[1:3]) != tuple(world_reference.shape[:2]):
+        raise ReconError(f"locating a view needs a pair group at the reference pointmap size "
+                         f"{tuple(world_reference.shape[:2])}, got {len(group.views)} views of "
+                         f"{tuple(group.points.shape[1:3])}")
+    s, R, t = _trimmed_similarity(group.points[0].reshape(-1, 3).float(), world_reference.reshape(-1, 3).float(),
+                                  group.confidence[0].reshape(-1).float())
+    T_group_cam = _pnp(group.points[1].float(), group.confidence[1].float(), K.float(), settings)
+    return invert_pose(make_pose(R @ T_group_cam[:3, :3], s * R @ T_group_cam[:3, 3] + t))

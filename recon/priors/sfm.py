@@ -3,14 +3,20 @@
 * ``triangulate_sift(views)``: OpenCV SIFT matched between every pair of posed views,
   filtered by the epipolar geometry the known poses imply (no RANSAC needed), then
   triangulated -> a sparse coloured cloud (an init option, and the MVS depth range).
-* ``recover_poses(views)``: pycolmap incremental SfM with exhaustive matching for views
-  without poses -> the same views with recovered intrinsics and world-to-camera poses.
+* ``reconstruct(views)``: pose recovery for 2-9 views without poses: pycolmap SIFT,
+  exhaustive cross-checked and guided matching, two-view geometry, an incremental mapper
+  with thresholds relaxed for few images, bundle adjustment with a shared camera whose
+  focal starts from the views' intrinsics (EXIF or the 1.2 x max-side prior) -> an
+  ``SfMModel`` (posed views, the triangulated points, what was needed to register more
+  images against it later, and a record of the route that ran).
+* ``recover_poses(views)``: the posed views of ``reconstruct``.
 """
 
 from __future__ import annotations
 
 import itertools
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +79,7 @@ def _reprojection_error(P: np.ndarray, X: np.ndarray, x: np.ndarray) -> tuple[np
 
 
 def triangulate_sift(
-    views: "list[View] | tuple[View, ...]",
+    views: list[View] | tuple[View, ...],
     *,
     max_features: int = 4000,
     max_epipolar_px: float = 1.5,
@@ -122,103 +128,293 @@ def _sample_colour(view: View, xy: np.ndarray) -> np.ndarray:
     return img[row, col]
 
 
-def recover_poses(
-    views: "list[View] | tuple[View, ...]",
-    *,
-    camera_model: str = "SIMPLE_PINHOLE",
-    shared_camera: bool | None = None,
-    max_image_size: int = 1600,
-    seed: int = 0,
-    num_threads: int = -1,
-) -> tuple[View, ...]:
-    """Views without (trusted) poses -> the same views, in the same order, with intrinsics
-    and world-to-camera poses from pycolmap incremental SfM with exhaustive matching.
+# ---------------------------------------------------------------- pose recovery (pycolmap)
 
-    The world frame and scale are COLMAP's (arbitrary); callers normalise afterwards.
-    ``shared_camera`` (default: all images the same size) makes every view share one set of
-    intrinsics, which is much better conditioned with few views. Raises ``ReconError``
-    naming the views that could not be registered."""
+
+@dataclass(frozen=True)
+class SfMSettings:
+    """Pose recovery thresholds. COLMAP's defaults target large collections (a model needs
+    10 images, an initial pair 100 inliers and 16 degrees); these are relaxed for 2-9 views
+    and compensated by the checks every accepted model must pass."""
+
+    camera_model: str = "SIMPLE_PINHOLE"  # one shared pinhole camera: the best-conditioned model for few views
+    max_image_size: int = 1600  # feature extraction downscales larger images
+    max_features: int = 8192
+    # Re-match each verified pair under its epipolar geometry: 2-3x the inliers on repetitive
+    # texture (LLFF leaves/orchids), where the ratio test alone keeps ~5% of the matches.
+    guided_matching: bool = True
+    min_pair_inliers: int = 15  # verified matches for two views to count as neighbours
+    init_min_inliers: int = 30
+    init_min_tri_angle_deg: float = 2.0
+    min_tri_angle_deg: float = 1.0
+    abs_pose_min_inliers: int = 15
+    min_points_per_view: int = 30  # triangulated points each registered view must observe
+    max_mean_reprojection_px: float = 2.0
+    refine_focal: bool = True
+    focal_range: tuple[float, float] = (0.3, 3.0)  # accepted focal / max(width, height)
+    max_init_pairs: int = 4  # initial pairs forced, best first, when the automatic choice fails
+    seed: int = 0
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
+class PairStat:
+    first: str
+    second: str
+    matches: int  # cross-checked descriptor matches
+    inliers: int  # matches consistent with the pair's two-view geometry (guided matching adds some)
+    geometry: str  # COLMAP's two-view configuration (CALIBRATED, UNCALIBRATED, PLANAR, ...)
+
+
+@dataclass
+class SfMModel:
+    """A reconstruction of the training views, frozen once made: more images are
+    registered against it (recon.priors.registration) without changing it."""
+
+    views: tuple[View, ...]  # the input views, same order, with recovered cameras (COLMAP's frame)
+    points: Tensor  # [M, 3] triangulated points
+    colors: Tensor  # [M, 3] in [0, 1]
+    route: str  # which mapper attempt produced the model
+    attempts: list[str]  # every attempt and why it was rejected
+    pairs: list[PairStat]
+    per_view: list[dict]  # name, observed points, mean reprojection error (px)
+    mean_reprojection_px: float
+    settings: SfMSettings
+    # per training view: SIFT descriptors [P, 128] uint8 and the index into ``points`` of
+    # each keypoint's triangulated point (-1 for none), for 2D-3D matching of new images
+    descriptors: list[np.ndarray] = field(repr=False, default_factory=list)
+    keypoint_points: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    def record(self) -> dict:
+        """What metrics.json says about the recovery."""
+        return {"method": "pycolmap incremental SfM (training views only)", "route": self.route,
+                "attempts": self.attempts, "num_points": int(self.points.shape[0]),
+                "mean_reprojection_px": round(self.mean_reprojection_px, 3),
+                "focal_px": round(float(self.views[0].camera.K[0, 0]), 2), "per_view": self.per_view,
+                "pairs": [vars(p) for p in self.pairs]}
+
+
+def recover_poses(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
+                  **overrides) -> tuple[View, ...]:
+    """Views without (trusted) poses -> the same views with recovered intrinsics and
+    world-to-camera poses (COLMAP's arbitrary frame and scale). See :func:`reconstruct`."""
+    return reconstruct(views, settings=settings, **overrides).views
+
+
+def reconstruct(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
+                **overrides) -> SfMModel:
+    """Structure from motion of 2-9 views -> ``SfMModel``. The views' intrinsics are the
+    focal prior (EXIF or 1.2 x max side, refined in bundle adjustment unless
+    ``refine_focal=False``). Raises ``ReconError`` naming each view that could not be
+    registered and why (its verified matches with each neighbour), never returns a
+    model that fails the checks of ``SfMSettings``. ``overrides``: SfMSettings fields."""
     import pycolmap
 
     from recon.progress import stage
 
+    settings = replace(settings or SfMSettings(), **overrides)
     views = tuple(views)
     if len(views) < 2:
         raise ReconError(f"pose recovery needs at least 2 views, got {len(views)}")
     names = [f"{i:04d}_{_safe(v.name)}.png" for i, v in enumerate(views)]  # order-preserving
-    if shared_camera is None:
-        shared_camera = len({(v.width, v.height) for v in views}) == 1
     previous_level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 2  # COLMAP's per-step INFO/WARNING lines drown our progress output
     try:
         with tempfile.TemporaryDirectory(prefix="recon_sfm_") as tmp, stage(f"structure from motion ({len(views)} views)"):
-            return _run_colmap(views, names, Path(tmp), camera_model, shared_camera, max_image_size, seed, num_threads)
+            return _reconstruct(views, names, Path(tmp), settings)
     finally:
         pycolmap.logging.minloglevel = previous_level
-
-
-def _run_colmap(views: tuple[View, ...], names: list[str], tmp: Path, camera_model: str, shared_camera: bool,
-                max_image_size: int, seed: int, num_threads: int) -> tuple[View, ...]:
-    import imageio.v3 as iio
-    import pycolmap
-
-    image_dir, db, out = tmp / "images", tmp / "database.db", tmp / "sparse"
-    image_dir.mkdir()
-    out.mkdir()
-    for name, v in zip(names, views):
-        iio.imwrite(image_dir / name, (v.image.detach().cpu().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = camera_model
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.max_image_size = max_image_size
-    extraction.num_threads = num_threads
-    mode = pycolmap.CameraMode.SINGLE if shared_camera else pycolmap.CameraMode.PER_IMAGE
-    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
-                              extraction_options=extraction, device=pycolmap.Device.cpu)
-    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-    options = pycolmap.IncrementalPipelineOptions()
-    # COLMAP's defaults target large collections (a model needs 10 images): relax for 2-9 views
-    options.min_model_size = 2
-    options.mapper.init_min_num_inliers = 50
-    options.mapper.abs_pose_min_num_inliers = 15
-    options.mapper.init_min_tri_angle = 4.0
-    options.multiple_models = False
-    options.random_seed = seed
-    options.num_threads = num_threads
-    reconstructions = pycolmap.incremental_mapping(db, image_dir, out, options)
-    return _views_from_reconstruction(views, names, reconstructions)
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def _views_from_reconstruction(views: tuple[View, ...], names: list[str], reconstructions: dict) -> tuple[View, ...]:
-    from dataclasses import replace
+def extract_features(views: list[View] | tuple[View, ...], names: list[str], folder: Path,
+                     settings: SfMSettings) -> Path:
+    """Write the views as PNGs under ``folder/images`` and extract COLMAP SIFT into
+    ``folder/database.db`` (one shared camera when all views have one size, with the
+    views' own intrinsics as its initial value). Returns the database path."""
+    import imageio.v3 as iio
+    import pycolmap
 
-    best = max(reconstructions.values(), key=lambda r: r.num_reg_images(), default=None)
-    registered = {}
-    if best is not None:
-        for image in best.images.values():
-            if image.has_pose:
-                registered[image.name] = image
-    missing = [v.name for v, n in zip(views, names) if n not in registered]
-    if missing:
-        raise ReconError(
-            f"structure-from-motion could not register {len(missing)} of {len(views)} views "
-            f"({', '.join(missing)}): too little overlap or texture between them; add views with more "
-            "overlap, or use the learned stereo prior (--stereo-model PATH) which needs no poses")
-    out = []
+    image_dir, db = folder / "images", folder / "database.db"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for name, v in zip(names, views):
+        iio.imwrite(image_dir / name, (v.image.detach().cpu().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    shared = len({(v.width, v.height) for v in views}) == 1
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = settings.camera_model
+    if shared:
+        K = views[0].camera.K.double()
+        f = 0.5 * float(K[0, 0] + K[1, 1])
+        params = {"SIMPLE_PINHOLE": [f, float(K[0, 2]), float(K[1, 2])],
+                  "SIMPLE_RADIAL": [f, float(K[0, 2]), float(K[1, 2]), 0.0]}.get(settings.camera_model)
+        if params is not None:
+            reader.camera_params = ",".join(f"{p:.6f}" for p in params)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = settings.max_image_size
+    extraction.num_threads = settings.num_threads
+    extraction.sift.max_num_features = settings.max_features
+    mode = pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE
+    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
+                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    return db
+
+
+def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings: SfMSettings) -> SfMModel:
+    import pycolmap
+
+    db_path = extract_features(views, names, tmp, settings)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = settings.num_threads
+    matching.guided_matching = settings.guided_matching
+    matching.sift.cross_check = True
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.min_num_inliers = settings.min_pair_inliers
+    verification.ransac.random_seed = settings.seed
+    pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification,
+                              device=pycolmap.Device.cpu)
+    pairs, ids = _pair_stats(db_path, views, names)
+    candidates = sorted((p for p in pairs if p.inliers >= settings.init_min_inliers), key=lambda p: -p.inliers)
+    by_name = {v.name: n for v, n in zip(views, names)}
+    attempts: list[str] = []
+    best = None
+    for init in [None, *candidates[: settings.max_init_pairs]]:
+        label = "incremental mapper" if init is None else f"incremental mapper from pair ({init.first}, {init.second})"
+        init_ids = None if init is None else (ids[by_name[init.first]], ids[by_name[init.second]])
+        out = tmp / f"sparse{len(attempts)}"
+        out.mkdir()
+        model = _map(db_path, tmp / "images", out, settings, init_ids)
+        problems = _check(model, views, names, pairs, settings)
+        attempts.append(label + (": accepted" if not problems else ": rejected (" + "; ".join(problems) + ")"))
+        if not problems:
+            return _model(model, views, names, db_path, label, attempts, pairs, settings)
+        if best is None or len(problems) < len(best[1]):
+            best = (label, problems)
+    raise ReconError(
+        f"structure-from-motion of the {len(views)} training views failed: " + "; ".join(best[1])
+        + ". Add views with more overlap, or use a learned pointmap model (--stereo-model PATH) which needs no "
+        "feature tracks")
+
+
+def _pair_stats(db_path: Path, views, names) -> tuple[list[PairStat], dict[str, int]]:
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        stats = []
+        for (a, va), (b, vb) in itertools.combinations(list(zip(names, views)), 2):
+            i, j = ids[a], ids[b]
+            matches = int(db.read_matches(i, j).shape[0]) if db.exists_matches(i, j) else 0
+            inliers, geometry = 0, "none"
+            if db.exists_two_view_geometry(i, j):
+                g = db.read_two_view_geometry(i, j)
+                inliers, geometry = len(g.inlier_matches), str(g.config).split(".")[-1]
+            stats.append(PairStat(va.name, vb.name, matches, inliers, geometry))
+    finally:
+        db.close()
+    return stats, ids
+
+
+def _map(db_path: Path, image_dir: Path, out: Path, settings: SfMSettings, init_ids):
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.min_model_size = 2
+    options.multiple_models = False
+    options.random_seed = settings.seed
+    options.num_threads = settings.num_threads
+    options.ba_refine_focal_length = settings.refine_focal
+    options.mapper.abs_pose_refine_focal_length = settings.refine_focal
+    options.mapper.init_min_num_inliers = settings.init_min_inliers
+    options.mapper.init_min_tri_angle = settings.init_min_tri_angle_deg
+    options.mapper.abs_pose_min_num_inliers = settings.abs_pose_min_inliers
+    options.mapper.filter_min_tri_angle = settings.min_tri_angle_deg
+    options.triangulation.min_angle = settings.min_tri_angle_deg
+    options.triangulation.ignore_two_view_tracks = False  # with 3 views most tracks have length 2
+    if init_ids is not None:
+        options.init_image_id1, options.init_image_id2 = init_ids
+    reconstructions = pycolmap.incremental_mapping(db_path, image_dir, out, options)
+    return max(reconstructions.values(), key=lambda r: r.num_reg_images(), default=None)
+
+
+def _neighbours(name: str, pairs: list[PairStat]) -> str:
+    parts = []
+    for p in pairs:
+        if name in (p.first, p.second):
+            other = p.second if p.first == name else p.first
+            parts.append(f"{p.inliers} verified matches with {other}")
+    return ", ".join(parts)
+
+
+def _check(model, views, names, pairs: list[PairStat], settings: SfMSettings) -> list[str]:
+    """Problems that make a model unusable ([] = accepted), one per offending view."""
+    registered = {} if model is None else {im.name: im for im in model.images.values() if im.has_pose}
+    problems = []
     for v, n in zip(views, names):
-        image = registered[n]
-        cam = image.camera
-        pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-        T = np.eye(4)
-        T[:3] = pose.matrix()
-        K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
-        sx, sy = v.width / cam.width, v.height / cam.height  # extraction may downscale
-        K[0] *= sx
-        K[1] *= sy
-        camera = Camera(K=torch.from_numpy(K).float(), T_cam_world=torch.from_numpy(T).float(), width=v.width, height=v.height)
-        out.append(replace(v, camera=camera))
-    return tuple(out)
+        image = registered.get(n)
+        if image is None:
+            problems.append(f"view {v.name} could not be registered ({_neighbours(v.name, pairs)}; "
+                            f"a pair needs {settings.min_pair_inliers})")
+            continue
+        observed = int(image.num_points3D)
+        if observed < settings.min_points_per_view:
+            problems.append(f"view {v.name} observes only {observed} triangulated points (need "
+                            f"{settings.min_points_per_view}; {_neighbours(v.name, pairs)})")
+    if problems or model is None:
+        return problems
+    error = float(model.compute_mean_reprojection_error())
+    if not error <= settings.max_mean_reprojection_px:
+        problems.append(f"mean reprojection error {error:.2f} px > {settings.max_mean_reprojection_px} px")
+    for cam in model.cameras.values():
+        ratio = float(cam.focal_length) / max(cam.width, cam.height)
+        if not settings.focal_range[0] <= ratio <= settings.focal_range[1]:
+            problems.append(f"focal length drifted to {ratio:.2f} x the image size (accepted "
+                            f"{settings.focal_range[0]}-{settings.focal_range[1]})")
+    return problems
+
+
+def _model(model, views, names, db_path: Path, route: str, attempts: list[str], pairs: list[PairStat],
+           settings: SfMSettings) -> SfMModel:
+    import pycolmap
+
+    point_ids = sorted(model.points3D.keys())
+    index = {pid: k for k, pid in enumerate(point_ids)}
+    xyz = np.array([model.points3D[p].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)  # [M, 3]
+    rgb = np.array([model.points3D[p].color for p in point_ids], dtype=np.float64).reshape(-1, 3) / 255.0
+    by_name = {im.name: im for im in model.images.values()}
+    db = pycolmap.Database.open(db_path)
+    out, per_view, descriptors, keypoint_points = [], [], [], []
+    try:
+        for v, n in zip(views, names):
+            image = by_name[n]
+            cam = image.camera
+            pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
+            T = np.eye(4)
+            T[:3] = pose.matrix()
+            K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
+            K[0] *= v.width / cam.width  # extraction may downscale
+            K[1] *= v.height / cam.height
+            camera = Camera(K=torch.from_numpy(K).float(), T_cam_world=torch.from_numpy(T).float(),
+                            width=v.width, height=v.height)
+            out.append(replace(v, camera=camera))
+            descriptors.append(np.asarray(db.read_descriptors(image.image_id).data, dtype=np.uint8))
+            kp_pts = np.full(len(image.points2D), -1, dtype=np.int64)
+            errs = []
+            for k, p2 in enumerate(image.points2D):
+                if p2.has_point3D():
+                    kp_pts[k] = index[p2.point3D_id]
+                    proj = image.project_point(model.points3D[p2.point3D_id].xyz)
+                    if proj is not None:
+                        errs.append(float(np.linalg.norm(np.asarray(proj) - np.asarray(p2.xy))))
+            keypoint_points.append(kp_pts)
+            per_view.append({"name": v.name, "points": int((kp_pts >= 0).sum()),
+                             "reprojection_px": round(float(np.mean(errs)), 3) if errs else None})
+    finally:
+        db.close()
+    return SfMModel(views=tuple(out), points=torch.from_numpy(xyz).float(), colors=torch.from_numpy(rgb).float(),
+                    route=route, attempts=attempts, pairs=pairs, per_view=per_view,
+                    mean_reprojection_px=float(model.compute_mean_reprojection_error()), settings=settings,
+                    descriptors=descriptors, keypoint_points=keypoint_points)
