@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -24,49 +23,9 @@ from pathlib import Path
 import torch
 
 from recon.errors import ConfigError, ReconError
+from recon.evaluate.memory import PeakMemory
 from recon.evaluate.protocols import METHODS, Suite, default_data_root, get_suite, suite_config, suite_scenes
 from recon.evaluate.report import write_reports
-
-
-class PeakMemory:
-    """Samples this process's resident memory (Linux /proc, else ru_maxrss) on a thread,
-    so each cell gets its own peak rather than the process's all-time maximum; CUDA peak
-    from torch's allocator statistics."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak_rss = 0
-        self.peak_cuda: int | None = None
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            import resource
-
-            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, self.rss())
-
-    def __enter__(self) -> "PeakMemory":
-        self.peak_rss = self.rss()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.rss())
-        if torch.cuda.is_available():
-            self.peak_cuda = int(torch.cuda.max_memory_allocated())
 
 
 @contextmanager
@@ -112,11 +71,12 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     record["metrics"] = metrics.get("test") or {}
-    if suite.metric_style == "spare" and record["metrics"]:
-        # the SpaRe loader carries no masks; recon eval reads mask/ and scores PSNR-M etc.
-        from recon.evaluate.run import evaluate_run
+    if suite.protocol == "spare" and record["metrics"]:
+        # the SpaRe loader carries no masks; recon eval reads mask/ and scores PSNR-M etc. (into eval.json)
+        from recon.evaluate.rescore import evaluate_run
 
         record["metrics"] = evaluate_run(run_dir)["test"]
+        record["metrics_from"] = "eval.json (recon eval with the scene's mask/ folder)"
     record["fit_seconds"] = metrics.get("fit_seconds")
     record["iterations"] = metrics.get("iterations")
     record["resolution"] = (metrics.get("protocol") or {}).get("resolution")

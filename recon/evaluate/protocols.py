@@ -138,11 +138,6 @@ def suite_config(suite: Suite, config: str | None) -> str | None:
     return suite.name
 
 
-def metric_style_for(protocol: str | None) -> str | None:
-    """Metric style of a split protocol (what `recon fit` / `recon eval` use by default)."""
-    return {"dtu": "dtu", "spare": "spare"}.get(protocol or "")
-
-
 def suite_scenes(suite: Suite, data_root: Path) -> list[tuple[str, Path]]:
     """(scene name, folder) for every scene of the suite found under ``data_root``.
     SpaRe suites read the track's split JSON (development split first, then test)."""

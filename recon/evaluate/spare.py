@@ -160,7 +160,7 @@ def _render_full(run: Path, size: tuple[int, int], background) -> list[tuple[str
     """Test views of a run rendered at ``size`` (cameras.json cameras rescaled)."""
     import yaml
 
-    from recon.evaluate.run import run_test_cameras
+    from recon.evaluate.rescore import run_test_cameras
     from recon.export.ply import read_ply
     from recon.render import render
     from recon.types import RenderSettings
@@ -189,7 +189,7 @@ def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path,
     against ground truth when the split provides it (development split)."""
     from recon.data import load_scene
     from recon.data.common import resize_view
-    from recon.evaluate.run import score_views
+    from recon.evaluate.scoring import score_views
 
     scene = load_scene(scene_dir, format="spare")
     full = size or (scene.views[0].width, scene.views[0].height)
@@ -212,11 +212,9 @@ def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path,
             gts[name] = gt if (gt.width, gt.height) == tuple(full) else resize_view(gt, *full)
     record = {"scene": entry.scene, "dataset": entry.dataset, "resolution": list(full), "run_dir": str(run)}
     if gts and len(gts) == len(renders):
-        from recon.evaluate.metrics import summarise
-
-        per_view, status = score_views(preds, gts, "spare", (0.0, 0.0, 0.0), lpips_weights)
-        record.update(metrics=summarise(per_view), views=per_view, metric_style=status["style"],
-                      lpips_reason=status["lpips_alex"])
+        scores = score_views([preds[n] for n in gts], list(gts.values()), "spare", lpips_weights=lpips_weights)
+        record.update(metrics=scores.summary, views=scores.per_view, metric_style=scores.implementations["style"],
+                      lpips_reason=scores.summary.get("lpips_alex_reason"), fallbacks=scores.fallbacks)
     else:
         record["metrics"] = None
         record["metrics_reason"] = "test images are not in the data (test split): submission only"
