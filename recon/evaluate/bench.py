@@ -24,7 +24,17 @@ import torch
 
 from recon.errors import ConfigError, ReconError
 from recon.evaluate.memory import PeakMemory
-from recon.evaluate.protocols import METHODS, Suite, default_data_root, get_suite, suite_config, suite_scenes
+from recon.evaluate.protocols import (
+    BASELINE_PRESET,
+    DEFAULT_METHODS,
+    DEFAULT_SEEDS,
+    METHODS,
+    Suite,
+    default_data_root,
+    get_suite,
+    suite_config,
+    suite_scenes,
+)
 from recon.evaluate.report import write_reports
 
 
@@ -45,17 +55,67 @@ def _lpips_env(weights: str | None):
             os.environ["RECON_LPIPS_WEIGHTS"] = old
 
 
-def _cell_config(config: str | None, overrides: Sequence[str], seed: int):
-    from recon.optimise.config import load_config
+# Step counts of a preset that a schedule scaled to another iteration budget multiplies.
+_SCHEDULE_STEPS = (("optim", "sh_degree_interval"), ("densify", "refine_start"), ("densify", "refine_stop"),
+                   ("densify", "refine_every"), ("densify", "reset_every"))
 
-    return load_config(config, [*overrides, f"seed={seed}"])  # None = the dataclass defaults
+
+def scale_schedule(cfg, iterations: int):
+    """``cfg`` with ``optim.iterations`` set to ``iterations`` and every step count of its
+    schedule (SH growth, densification window and interval, opacity reset) multiplied by
+    ``iterations / cfg.optim.iterations``, rounded, at least 1 (0 = off stays off). The
+    learning-rate decay already spans ``optim.iterations``."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    factor = iterations / cfg.optim.iterations
+    out.optim.iterations = int(iterations)
+    for section, key in _SCHEDULE_STEPS:
+        value = getattr(getattr(cfg, section), key)
+        if value > 0:
+            setattr(getattr(out, section), key, max(1, round(value * factor)))
+    return out
+
+
+def method_config(method: str, suite_config: str | None, overrides: Sequence[str], seed: int,
+                  iterations: int | None = None):
+    """The FitConfig of one bench method: the suite preset for "recon"; the 3DGS baseline
+    preset with the suite preset's data section (protocol, views, resolution) for the
+    baselines, scaled to the budget (``iterations``, else the suite preset's) unless "-30k".
+    ``overrides`` (the bench's --set) apply last to every method."""
+    from recon.optimise.config import from_dict, load_config, parse_override
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown bench method {method!r}; use {', '.join(METHODS)}")
+    suite_cfg = load_config(suite_config)  # None = the dataclass defaults
+    budget = iterations or suite_cfg.optim.iterations
+    if method == "recon":
+        values = suite_cfg.to_dict()
+        values["optim"]["iterations"] = budget
+    else:
+        baseline = load_config(BASELINE_PRESET)
+        if method == "baseline-3dgs":
+            baseline = scale_schedule(baseline, budget)
+        values = {**baseline.to_dict(), "data": suite_cfg.to_dict()["data"], "threads": suite_cfg.threads}
+    for text in [*overrides, f"seed={seed}"]:
+        _merge(values, parse_override(text))
+    return from_dict(values)
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path, *, suite, config: str | None,
-             overrides: Sequence[str], fit_fn: Callable) -> dict:
+             overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None) -> dict:
     """Fit one cell and return its record (status "failed" with the error on ReconError)."""
-    cfg = _cell_config(config, [*suite.config_overrides, *METHODS[method], *overrides], seed)
-    record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir)}
+    cfg = method_config(method, config, [*suite.config_overrides, *overrides], seed, iterations)
+    record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir),
+              "iterations_configured": cfg.optim.iterations}
     start = time.perf_counter()
     with PeakMemory() as mem:
         try:
@@ -77,9 +137,16 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
 
         record["metrics"] = evaluate_run(run_dir)["test"]
         record["metrics_from"] = "eval.json (recon eval with the scene's mask/ folder)"
+    protocol = metrics.get("protocol") or {}
     record["fit_seconds"] = metrics.get("fit_seconds")
     record["iterations"] = metrics.get("iterations")
-    record["resolution"] = (metrics.get("protocol") or {}).get("resolution")
+    record["resolution"] = protocol.get("resolution")
+    record["test_poses"] = protocol.get("test_poses") or "dataset (posed)"
+    record["init"] = (metrics.get("init") or {}).get("used")
+    record["fallbacks"] = [f"{f.get('stage')}: {f.get('used')} instead of {f.get('wanted')}"
+                           for f in metrics.get("fallbacks") or []]
+    record["num_gaussians"] = metrics.get("num_gaussians")
+    record["fit_peak_rss_bytes"] = metrics.get("peak_rss_bytes")
     (run_dir / "cell.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -88,12 +155,12 @@ def run_bench(
     suite: "str | Suite",
     data_root: str | Path | None,
     out_dir: str | Path,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] = DEFAULT_SEEDS,
     config: str | None = None,
     *,
     overrides: Sequence[str] = (),
     iterations: int | None = None,
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = DEFAULT_METHODS,
     scenes: Sequence[str] | None = None,
     lpips_weights: str | None = None,
     fit_fn: Callable | None = None,
@@ -114,7 +181,6 @@ def run_bench(
     if unknown:
         raise ConfigError(f"unknown bench method(s) {unknown}; use {', '.join(METHODS)}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    extra = [f"optim.iterations={iterations}"] if iterations else []
     if fit_fn is None:
         from recon.pipeline import fit_scene as fit_fn
     config = suite_config(spec, config)
@@ -130,7 +196,7 @@ def run_bench(
             else:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
-                                      overrides=[*overrides, *extra], fit_fn=fit_fn))
+                                      overrides=overrides, fit_fn=fit_fn, iterations=iterations))
             advance(f"{name}/{method}/seed{seed}: {cells[-1]['status']}")
     protocol = {**spec.describe(), "iterations": iterations or "config default", "config": config or "defaults (recon/optimise/config.py)",
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
@@ -138,7 +204,8 @@ def run_bench(
                 "test_pose_refined": False,
                 # what the fits actually ran at (a --set data.width=... changes the suite's resolution)
                 "evaluated_resolution": sorted({"x".join(map(str, c["resolution"])) for c in cells if c.get("resolution")}),
-                "methods": {m: list(METHODS[m]) or ["(preset as given)"] for m in methods}}
+                "methods": {m: METHODS[m] for m in methods},
+                "aggregation": f"mean ± sample std over the seeds {seed_list} (never best-of)"}
     extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover else {}
     paths = write_reports(out, cells, protocol, extra)
     return {"cells": cells, "paths": {k: str(v) for k, v in paths.items()}, "protocol": protocol, **extra}

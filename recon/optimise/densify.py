@@ -19,9 +19,20 @@ from torch import Tensor
 from recon.types import RenderOutput
 
 
+def prune_scale3d_start(cfg) -> int:
+    """First step at which Gaussians larger than ``prune_scale3d`` x scene scale are pruned.
+    gsplat 1.5.3 prunes them only when ``step > reset_every`` (3DGS prunes big points once
+    opacity has been reset); with opacity resets off (``reset_every=0``, every shipped recon
+    preset) that gate never opened, so ``prune_scale3d`` did nothing. Now: after the first
+    reset when resets are on (as 3DGS), else from the first refinement."""
+    return max(1, cfg.reset_every if cfg.reset_every > 0 else cfg.refine_start)  # gsplat takes step % it
+
+
 def make_strategy(cfg, iterations: int) -> DefaultStrategy:
     """cfg: a ``DensifyConfig``. Opacity reset is done here (see ``post_backward``) because
-    gsplat 1.5.3's own reset test (``step % reset_every == 0 & step > 0``) never fires."""
+    gsplat 1.5.3's own reset test (``step % reset_every == 0 & step > 0``) never fires;
+    gsplat's ``reset_every`` is only the gate of its big-Gaussian pruning (see
+    ``prune_scale3d_start``)."""
     return DefaultStrategy(
         prune_opa=cfg.prune_opa,
         grow_grad2d=cfg.grow_grad2d,
@@ -30,7 +41,7 @@ def make_strategy(cfg, iterations: int) -> DefaultStrategy:
         refine_start_iter=cfg.refine_start,
         refine_stop_iter=min(cfg.refine_stop, iterations),
         refine_every=cfg.refine_every,
-        reset_every=cfg.reset_every if cfg.reset_every > 0 else 10**9,
+        reset_every=prune_scale3d_start(cfg),
         verbose=False,
     )
 
