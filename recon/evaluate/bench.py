@@ -224,7 +224,7 @@ def _spare_submission(spec: Suite, root: Path, out: Path, cells: list[dict], lpi
     if not chosen:
         return {"submission": None, "submission_reason": "no finished recon cell"}
     folder = out / "submission"
-    scenes = [spare.spare_scene(root / name, entries[name], Path(c["run_dir"]), folder, size=None,
+    scenes = [spare.spare_scene(root / name, entries[name], Path(c["run_dir"]), folder,
                                 lpips_weights=lpips_weights) for name, c in chosen.items()]
     zip_path = spare.write_submission(folder, out / f"submission_track{spec.extra['track']}.zip")
     problems = spare.check_submission(zip_path, {n: entries[n] for n in chosen})
