@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     # 6 what a run produces: file formats (PLY, mesh, cameras.json, run folder files) and
     # image scores. Below the pipeline, which writes and scores every fit.
     "recon.export": 6, "recon.runs": 6, "recon.evaluate.metrics": 6, "recon.evaluate.lpips": 6,
+    "recon.evaluate.scoring": 6, "recon.evaluate.memory": 6,
     "recon.pipeline": 7,
     # 8 consumers of fits and run folders: `recon eval`, benchmarks, reports, the viewer
     "recon.evaluate": 8, "recon.view": 8,
@@ -38,8 +39,6 @@ LAYERS: dict[str, int] = {
 KNOWN_CYCLES: list[list[str]] = [
     # points' random fallback <-> random init's kNN scales (recon/init)
     ["recon.init.points", "recon.init.random"],
-    # scoring <-> SpaRe helpers; the one-scorer work of issue 10 rewrites these modules
-    ["recon.evaluate.protocols", "recon.evaluate.run", "recon.evaluate.spare"],
 ]
 
 

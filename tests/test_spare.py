@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recon.errors import SceneError
+from recon.data.masks import read_mask
 from recon.evaluate import spare
 
 INPUT = [0, 4, 8]
@@ -49,7 +50,7 @@ def test_layout_round_trips_through_the_loader(scene, root):
         assert torch.allclose(a.camera.T_cam_world, b.camera.T_cam_world, atol=1e-5)
         assert (a.image - b.image).abs().max() <= 1 / 255 + 1e-6  # 8-bit PNG
     assert loaded.meta["spare_split"]["input_views"] == INPUT
-    mask = spare.read_mask(root / "synth", "cam_002_3_0000")
+    mask = read_mask(root / "synth", "cam_002_3_0000")
     assert torch.equal(mask, scene.views[1].mask)
     entries = spare.read_split(root / "Track1_split_development.json")
     assert entries["synth"].test_views == tuple(TEST) and entries["synth"].dataset == "SpaRe"
@@ -64,7 +65,7 @@ def test_dtu_named_layout_uses_the_data_writer(scene, tmp_path):
     loaded = load_scene(tmp_path / "scan1", format="spare", normalise=False)
     assert len(loaded.views) == 13
     assert torch.allclose(loaded.views[5].camera.T_cam_world, scene.views[5].camera.T_cam_world, atol=1e-5)
-    assert torch.equal(spare.read_mask(tmp_path / "scan1", "rect_006_3_r5000"), scene.views[5].mask)
+    assert torch.equal(read_mask(tmp_path / "scan1", "rect_006_3_r5000"), scene.views[5].mask)
 
 
 def test_bad_split_file(tmp_path):
@@ -178,4 +179,4 @@ def test_convert_dtu_scan24_to_spare_layout(tmp_path):
     assert len(loaded.views) == 49 and (loaded.views[0].width, loaded.views[0].height) == (400, 300)
     entries = spare.read_split(tmp_path / "Track1_split_development.json")
     assert entries["scan24"].input_views == (25, 22, 28) and len(entries["scan24"].test_views) == 10
-    assert spare.read_mask(tmp_path / "scan24", loaded.views[1].name).any()
+    assert read_mask(tmp_path / "scan24", loaded.views[1].name).any()

@@ -143,13 +143,13 @@ def suite_scenes(suite: Suite, data_root: Path) -> list[tuple[str, Path]]:
     data_root = Path(data_root)
     if not suite.discover:
         return [(s, data_root / s) for s in suite.scenes if (data_root / s).is_dir()]
-    from recon.evaluate.spare import read_split  # SpaRe layout helpers
+    from recon.data.splits import read_spare_split
 
     track = suite.extra["track"]
     for kind in ("development", "test"):
         path = data_root / f"Track{track}_split_{kind}.json"
         if path.is_file():
-            return [(name, data_root / name) for name in read_split(path)]
+            return [(name, data_root / name) for name in read_spare_split(path)]
     return []
 
 

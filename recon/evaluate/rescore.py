@@ -61,7 +61,7 @@ def ground_truth_views(run: Path, scene_record: dict, names: list[str]) -> tuple
     for name in names:
         v = by_name[name]
         if v.mask is None and scene.format == "spare" and scene.root is not None:
-            from recon.evaluate.spare import read_mask  # the SpaRe loader reads no masks
+            from recon.data.masks import read_mask  # the SpaRe loader reads no masks
 
             mask = read_mask(scene.root, name)
             if mask is not None and tuple(mask.shape) == (v.height, v.width):

@@ -115,22 +115,6 @@ def check_submission(zip_path: str | Path, entries: dict[str, SpareEntry],
     return problems
 
 
-def read_mask(scene_dir: Path, view_name: str, index: int | None = None) -> torch.Tensor | None:
-    """Object mask of a view when the scene folder has one: ``mask/<image stem>.png`` or
-    ``mask/<index:03d>.png`` (the IDR/NeuS DTU convention), thresholded at 128."""
-    import imageio.v3 as iio
-
-    candidates = [scene_dir / d / f"{view_name}.png" for d in ("mask", "masks")]
-    if index is not None:
-        candidates += [scene_dir / d / f"{index:03d}.png" for d in ("mask", "masks")]
-    for path in candidates:
-        if path.is_file():
-            arr = np.asarray(iio.imread(path))
-            arr = arr[..., 0] if arr.ndim == 3 else arr
-            return torch.from_numpy(arr >= 128)
-    return None
-
-
 def write_layout(root: str | Path, scenes: dict, splits: dict[int, dict[str, dict]], kind: str = "development") -> Path:
     """Write scenes in the SpaRe layout: ``root/<name>/`` with images named per the
     dataset convention at lighting 3, ``pos_XXX.txt`` projection matrices (P = K [R | t],
@@ -163,24 +147,15 @@ def write_layout(root: str | Path, scenes: dict, splits: dict[int, dict[str, dic
 
 
 def _render_full(run: Path, size: tuple[int, int], background) -> list[tuple[str, torch.Tensor]]:
-    """Test views of a run rendered at ``size`` (cameras.json cameras rescaled)."""
-    import yaml
+    """Test views of a run rendered at ``size`` (cameras.json cameras rescaled) with the
+    render settings the fit scored with."""
+    from recon.evaluate.rescore import render_predictions, run_render_settings, run_test_cameras
+    from recon.runs import read_run_json
 
-    from recon.evaluate.rescore import run_test_cameras
-    from recon.export.ply import read_ply
-    from recon.render import render
-    from recon.types import RenderSettings
-
-    gaussians = read_ply(run / "point_cloud.ply")
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    r = cfg.get("render", {}) or {}
-    settings = RenderSettings(background=tuple(background), backend=r.get("backend", "auto"),
-                              antialiased=bool(r.get("antialiased", False)))
-    out = []
-    with torch.no_grad():
-        for name, cam in run_test_cameras(run):
-            out.append((name, render(gaussians, [cam.scaled(*size)], settings).rgb[0].clamp(0, 1).cpu()))
-    return out
+    metrics = read_run_json(run / "metrics.json", "the run's metrics") if (run / "metrics.json").is_file() else {}
+    settings, _ = run_render_settings(run, metrics, background)
+    cameras = [(name, cam.scaled(*size)) for name, cam in run_test_cameras(run)]
+    return list(zip([n for n, _ in cameras], render_predictions(run, cameras, settings)))
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
@@ -197,6 +172,7 @@ def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path,
     when the split provides it (development split), ground truth resized to ``size``."""
     from recon.data import load_scene
     from recon.data.common import resize_view
+    from recon.data.masks import read_mask
     from recon.evaluate.scoring import score_views
 
     scene = load_scene(scene_dir, format="spare")
