@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon.errors import SceneError
 from recon.data.masks import read_mask
+from recon.errors import SceneError
 from recon.evaluate import spare
 
 INPUT = [0, 4, 8]

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.run}: {test['num_views']} test views ({record['predictions']})")
     diff = record["difference_from_fit"]
     for k in keys:
-        delta = f"  (fit {diff[k]:+.2e})" if k in diff else ""
+        delta = f"  (minus the fit's: {diff[k]:+.1e})" if k in diff else ""
         print(f"  {k:20s} {_fmt(test[k])}{delta}")
     for k in ("lpips_vgg_reason", "lpips_alex_reason"):
         if k in test:

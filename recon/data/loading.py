@@ -18,7 +18,7 @@ class LoaderOptions:
     max_side: int = 0  # > 0: images larger than this on their long side are resized after loading
 
     @classmethod
-    def from_data_config(cls, data) -> "LoaderOptions":
+    def from_data_config(cls, data) -> LoaderOptions:
         """From a fit config's ``data`` section (``format``, ``options``, ``width``, ``max_side``)."""
         options = dict(data.options)
         if data.width:
@@ -26,7 +26,7 @@ class LoaderOptions:
         return cls(format=data.format, options=options, max_side=int(data.max_side or 0))
 
     @classmethod
-    def from_record(cls, record: dict) -> "LoaderOptions":
+    def from_record(cls, record: dict) -> LoaderOptions:
         return cls(format=record.get("format"), options=dict(record.get("options") or {}),
                    max_side=int(record.get("max_side") or 0))
 

@@ -152,7 +152,7 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
 
 
 def run_bench(
-    suite: "str | Suite",
+    suite: str | Suite,
     data_root: str | Path | None,
     out_dir: str | Path,
     seeds: int | Sequence[int] = DEFAULT_SEEDS,

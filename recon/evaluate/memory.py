@@ -48,7 +48,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_rss = max(self.peak_rss, current_rss_bytes())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.peak_rss = current_rss_bytes()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -32,9 +32,22 @@ from torch import Tensor
 from recon.errors import ReconError
 from recon.optimise.losses import psnr
 
-__all__ = ["METRIC_IMPLEMENTATIONS", "HEADLINE", "LPIPS_NETS", "STYLES", "composite", "headline_keys",
-           "image_metrics", "load_lpips", "mask_bbox", "metric_style_for", "psnr", "ssim_3dgs", "ssim_skimage",
-           "summarise"]
+__all__ = [
+    "HEADLINE",
+    "LPIPS_NETS",
+    "METRIC_IMPLEMENTATIONS",
+    "STYLES",
+    "composite",
+    "headline_keys",
+    "image_metrics",
+    "load_lpips",
+    "mask_bbox",
+    "metric_style_for",
+    "psnr",
+    "ssim_3dgs",
+    "ssim_skimage",
+    "summarise",
+]
 
 SSIM_3DGS_WINDOW = 11  # graphdeco-inria/gaussian-splatting utils/loss_utils.py: gaussian(11, 1.5)
 SSIM_3DGS_SIGMA = 1.5

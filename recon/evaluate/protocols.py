@@ -115,7 +115,7 @@ DEFAULT_METHODS = ("recon", "baseline-3dgs")
 DEFAULT_SEEDS = 3
 
 
-def get_suite(name: "str | Suite") -> Suite:
+def get_suite(name: str | Suite) -> Suite:
     if isinstance(name, Suite):
         return name
     if name not in SUITES:

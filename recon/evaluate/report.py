@@ -193,8 +193,8 @@ def markdown(rows: list[dict], protocol: dict, keys: list[str], style: str | Non
         seeds = str(len(r["seeds"])) + (f" ({len(r['failed_seeds'])} failed)" if r["failed_seeds"] else "")
         lines.append("| " + " | ".join([r["scene"], r["method"], seeds, *[_fmt(r[k], k) for k in shown],
                                         *[str(r.get(k, "n/a")) for k in TEXT_KEYS]]) + " |")
-    lines += ["", "A metric is n/a when it was not computed (LPIPS without local weights) or when a seed lacks it; "
-              "wall_seconds, peak_cuda_mb and per-cell values are in results.csv / cells.csv."]
+    lines += ["", ("A metric is n/a when it was not computed (LPIPS without local weights) or when a seed lacks it; "
+                   "wall_seconds, peak_cuda_mb and per-cell values are in results.csv / cells.csv.")]
     failed = [c for c in cells if c.get("status") != "done"]
     if failed:
         lines += ["", "## Failed cells", ""]

@@ -119,9 +119,9 @@ def _differences(new: dict, old: dict | None) -> dict:
     out = {}
     for key, value in new.items():
         prev = (old or {}).get(key)
-        if isinstance(value, (int, float)) and isinstance(prev, (int, float)) and key != "num_views":
-            if math.isfinite(value) and math.isfinite(prev):
-                out[key] = value - prev
+        numbers = isinstance(value, (int, float)) and isinstance(prev, (int, float)) and key != "num_views"
+        if numbers and math.isfinite(value) and math.isfinite(prev):
+            out[key] = value - prev
     return out
 
 

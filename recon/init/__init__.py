@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recon.geometry import viewed_ball
 from recon.errors import ConfigError
+from recon.geometry import viewed_ball
 from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
 from recon.types import Gaussians, View
@@ -22,7 +22,7 @@ from recon.types import Gaussians, View
 METHODS = ("mvs", "sift", "random")
 _ALIASES = {"stereo": "mvs"}
 
-__all__ = ["InitResult", "METHODS", "gaussians_from_points", "initialise", "random_gaussians", "scene_ball"]
+__all__ = ["METHODS", "InitResult", "gaussians_from_points", "initialise", "random_gaussians", "scene_ball"]
 
 
 @dataclass
@@ -41,13 +41,13 @@ class InitResult:
                 "num_points": None if self.points is None else int(self.points.shape[0])}
 
 
-def scene_ball(views: "list[View] | tuple[View, ...]") -> tuple[Tensor, float]:
+def scene_ball(views: list[View] | tuple[View, ...]) -> tuple[Tensor, float]:
     """(centre [3], radius) of the region the cameras look at (see geometry.viewed_ball)."""
     return viewed_ball([v.camera for v in views])
 
 
 def initialise(
-    views: "list[View] | tuple[View, ...]",
+    views: list[View] | tuple[View, ...],
     method: str = "mvs",
     *,
     sh_degree: int = 3,
