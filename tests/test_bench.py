@@ -106,14 +106,17 @@ def test_resume_skips_finished_cells(data_root, tmp_path):
     first = StandInFit()
     run_bench(_suite(), data_root, out, seeds=1, fit_fn=first, progress=False)
     assert len(first.calls) == 4
-    # simulate an interrupted bench: one cell lost its completion record
-    (out / "runs" / "scene_b" / "baseline-3dgs" / "seed0" / "cell.json").unlink()
+    # simulate an interrupted bench: one cell lost its completion record, its log is half written
+    cell = out / "runs" / "scene_b" / "baseline-3dgs" / "seed0"
+    (cell / "cell.json").unlink()
+    (cell / "stale.txt").write_text("from the interrupted fit")
     second = StandInFit()
     result = run_bench(_suite(), data_root, out, seeds=2, fit_fn=second, progress=False)
     assert sorted(second.calls) == sorted([("scene_b", "baseline-3dgs", 0), ("scene_a", "recon", 1),
                                            ("scene_a", "baseline-3dgs", 1), ("scene_b", "recon", 1),
                                            ("scene_b", "baseline-3dgs", 1)])
     assert sum(bool(c.get("resumed")) for c in result["cells"]) == 3
+    assert not (cell / "stale.txt").exists()  # the interrupted cell was refitted from a clean folder
 
 
 def test_failed_cell_is_reported_not_fatal(data_root, tmp_path):

@@ -199,6 +199,10 @@ def run_bench(
             if done.is_file():  # resume: a finished cell is never re-fitted
                 cells.append({**json.loads(done.read_text()), "resumed": True})
             else:
+                if run_dir.exists():  # an interrupted cell: start clean (log.jsonl would append to the old one)
+                    import shutil
+
+                    shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
                                       overrides=overrides, fit_fn=fit_fn, iterations=iterations))
