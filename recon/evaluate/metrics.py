@@ -124,11 +124,14 @@ def ssim_3dgs(pred: Tensor, gt: Tensor) -> float:
     coords = torch.arange(SSIM_3DGS_WINDOW, dtype=torch.float64) - SSIM_3DGS_WINDOW // 2
     g = torch.exp(-(coords**2) / (2 * SSIM_3DGS_SIGMA**2))
     g = g / g.sum()  # [S]
-    window = (g[:, None] @ g[None, :]).expand(3, 1, SSIM_3DGS_WINDOW, SSIM_3DGS_WINDOW)  # [3, 1, S, S]
     pad = SSIM_3DGS_WINDOW // 2
+    # The 2-D window is the outer product g g^T, so two 1-D passes with the same zero padding
+    # give the same blur (to float64 rounding) at a fifth of the cost (25 DTU views add up).
+    row = g.view(1, 1, 1, -1).expand(3, 1, 1, SSIM_3DGS_WINDOW)
+    col = g.view(1, 1, -1, 1).expand(3, 1, SSIM_3DGS_WINDOW, 1)
 
     def blur(t: Tensor) -> Tensor:
-        return F.conv2d(t, window, padding=pad, groups=3)
+        return F.conv2d(F.conv2d(t, row, padding=(0, pad), groups=3), col, padding=(pad, 0), groups=3)
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x**2
