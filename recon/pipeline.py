@@ -8,11 +8,9 @@ emits events and hands its state to ``checkpoint_fn``.
 
 from __future__ import annotations
 
-import math
-import resource
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,21 +36,9 @@ def _resolve_config(config: FitConfig | str | Path | None) -> FitConfig:
 
 
 def _load(scene_spec: str, cfg: FitConfig) -> Scene:
-    from recon.data import load_scene
+    from recon.data.loading import LoaderOptions, load_with_options
 
-    options = dict(cfg.data.options)
-    if cfg.data.width:
-        options["width"] = cfg.data.width
-    scene = load_scene(str(scene_spec), format=cfg.data.format, **options)
-    if cfg.data.max_side > 0:
-        from recon.data.common import resize_view
-
-        v0 = scene.views[0]
-        s = cfg.data.max_side / max(v0.width, v0.height)
-        if s < 1:
-            w, h = max(1, round(v0.width * s)), max(1, round(v0.height * s))
-            scene = replace(scene, views=tuple(resize_view(v, w, h) for v in scene.views))
-    return scene
+    return load_with_options(scene_spec, LoaderOptions.from_data_config(cfg.data))  # recorded in scene.json
 
 
 def _split(scene: Scene, protocol: str | None, n_views: int) -> Split:
@@ -70,21 +56,22 @@ def _scene_scale(cameras: list[Camera]) -> float:
 
 
 def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
-    """-> (gaussians, depth priors per view as (values, kind) or None, prior points [M, 3])."""
+    """-> (gaussians, depth priors per view as (values, kind) or None, prior points [M, 3],
+    the init record: the method asked for and the one that ran)."""
     from recon.init import initialise
 
     # MVS also runs under another init method when its depth is the depth prior.
     mvs_depth = cfg.depth.enabled and cfg.depth.model is None
     res = initialise(views, cfg.init.method, sh_degree=cfg.init.sh_degree, random_points=cfg.init.random_points,
                      with_depths=mvs_depth, generator=generator, max_points=cfg.init.max_points, seed=cfg.seed)
-    # (a fallback to random init has already been warned about by recon.init)
+    # (a fallback to random init is warned about by recon.init and recorded in metrics.json)
     depths = [None] * len(views)
     if res.depths is not None:
         depths = [(d, "depth") if bool((d > 0).any()) else None for d in res.depths]
     points = res.points
     if points is None and res.depths is not None:  # random/SIFT init: MVS depths still give points
         points = _unproject(views, res.depths)
-    return res.gaussians, depths, points
+    return res.gaussians, depths, points, res.record()
 
 
 def _unproject(views: list[View], depths: list[Tensor]) -> Tensor:
@@ -171,6 +158,7 @@ class _Prepared:
     data: TrainData
     depth_model: object
     refiner: object
+    init: dict  # recon.init.InitResult.record(): the initialisation that actually ran
 
 
 def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
@@ -191,12 +179,13 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
         scene, split = replace(recovered.scene, meta={**recovered.scene.meta, "poses": recovered.record}), recovered.split
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
     with stage("init"):  # multi-view stereo inside it times itself as "stereo"
-        gaussians, depth_priors, prior_points = _initialise(train, cfg, generator)
+        gaussians, depth_priors, prior_points, init = _initialise(train, cfg, generator)
         if recovered is not None and cfg.stereo_model:  # the pointmap model's fused cloud seeds the Gaussians
             from recon.init import gaussians_from_points
 
             gaussians = gaussians_from_points(recovered.points, recovered.colors, cfg.init.sh_degree)
             prior_points = recovered.points
+            init = {**init, "used": "pointmap model (--stereo-model)"}
     with stage("priors"):
         depth_model, learned, refiner = _learned_priors(cfg, train, run)
     if learned is not None:
@@ -208,7 +197,7 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
         cameras=[v.camera for v in train], images=[v.image for v in train], names=[v.name for v in train],
         masks=[v.mask for v in train], depth_priors=depth_priors, prior_points=prior_points,
         scene_scale=_scene_scale([v.camera for v in train]), background=bg)
-    return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner)
+    return _Prepared(scene, split, train, test, gaussians, data, depth_model, refiner, init)
 
 
 def _recover_poses(scene: Scene, split: Split, cfg: FitConfig):
@@ -254,10 +243,14 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                 earlier, session = earlier_total_seconds(state), resumed["session"]
         if initial is None and p.test:
             with stage("initial_eval"):
-                initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer.render_settings(0))
+                initial = _initial_scores(render_fn, p.gaussians, p.test, p.split.protocol, trainer.render_settings(0))
         if not resume:
+            from recon.data.loading import LoaderOptions
+
             with stage("write_outputs"):
-                run_outputs.write_scene_json(run, run_outputs.scene_record(spec, p.scene, p.split))
+                record = run_outputs.scene_record(spec, p.scene, p.split)
+                record["loader"] = LoaderOptions.from_data_config(cfg.data).to_record()  # how `recon eval` re-reads it
+                run_outputs.write_scene_json(run, record)
         trainer.checkpoint_fn = lambda state: save_checkpoint(run, {
             **state, "initial_test": initial, "sessions": session, "total_seconds": earlier + time.perf_counter() - t0})
         with stage("optimise_other"):  # the loop's own stages (render_forward, ...) are nested
@@ -274,7 +267,7 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                 [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
             test = [replace(v, camera=c) for v, c in zip(test, cams)]
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
-                                 trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed)
+                                 trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed, p.init)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
@@ -284,10 +277,12 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
 
 def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
                    result, render_fn, settings, initial: dict | None, started: float,
-                   resumed: dict | None = None) -> dict:
+                   resumed: dict | None, init: dict) -> dict:
     """Writes the run folder's results (files by recon.export) and returns metrics.json's contents.
     metrics.json is written after the other files (report.html, which reads it, after it); its
     total_seconds is perf_counter() - ``started`` just before (earlier sessions moved ``started`` back)."""
+    from recon.evaluate.memory import peak_rss_bytes
+    from recon.evaluate.scoring import score_views
     from recon.export.ply import write_ply
 
     g = result.gaussians
@@ -296,11 +291,16 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     run_outputs.render_views(run, "train", g, train, result.cameras, render_fn, settings)
     preds = run_outputs.render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
     metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
-                     "iterations": result.iteration, "stopped_early": result.stopped, "resumed": resumed}
+                     "iterations": result.iteration, "stopped_early": result.stopped, "resumed": resumed,
+                     "init": init}
+    fallbacks = [] if init["fallback_reason"] is None else [
+        {"stage": "init", "wanted": init["requested"], "used": init["used"], "reason": init["fallback_reason"]}]
     if test:
         with stage("eval_score"):
-            summary, per_view, impl = _test_metrics(split.protocol, test, preds)
-        metrics.update(test=summary, test_views=per_view, test_initial=initial)
+            scores = score_views(preds, test, split.protocol)
+        metrics.update(test=scores.summary, test_views=scores.per_view, test_initial=initial)
+        impl = scores.implementations
+        fallbacks += scores.fallbacks
     else:
         impl = {}
         metrics["test"] = None
@@ -308,15 +308,17 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     metrics["protocol"] = {"name": split.protocol, "description": split.description,
                            "train": [v.name for v in train], "test": [v.name for v in test],
                            "views": len(train), "resolution": [train[0].width, train[0].height],
-                           "metrics": impl, "posed": scene.posed,
+                           "metrics": impl, "posed": scene.posed, "render_settings": asdict(settings),
                            "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
                            "poses": scene.meta.get("poses")}
+    metrics["fallbacks"] = fallbacks
     run_outputs.write_run_cameras(run, train, result.cameras, test)
     run_outputs.training_curve(run / "training_curve.png", result.history)
     stop_writing()
     total_seconds = time.perf_counter() - started
+    # Last, so the peak covers every output written (renders, scoring, the plot) and any child.
     metrics.update(fit_seconds=round(result.seconds, 2), total_seconds=round(total_seconds, 2),
-                   peak_rss_bytes=_peak_rss(), num_gaussians=len(result.gaussians),
+                   peak_rss_bytes=peak_rss_bytes(), num_gaussians=len(result.gaussians),
                    train_final=result.history[-1] if result.history else None)
     times = current()
     if times is not None:  # seconds per stage (recon.timing.FIT_STAGES); "other" is the rest
@@ -326,47 +328,14 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     return metrics
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes (ru_maxrss is KiB on Linux)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+def _initial_scores(render_fn, gaussians: Gaussians, views: list[View], protocol: str, settings) -> dict:
+    """Scores of the initial Gaussians on the test views (the one scorer, without LPIPS):
+    the baseline the fit must beat."""
+    from recon.evaluate.scoring import no_lpips, score_views
 
-
-# ---- scoring -----------------------------------------------------------------------------
-# How a fit scores itself. Kept apart from the orchestration above: it is to be replaced by
-# the one scorer in recon/evaluate/ that `recon eval` uses too.
-
-# Metric style (masked variants) of each protocol; None = plain full-image metrics.
-_METRIC_STYLE = {"dtu": "dtu", "spare": "spare"}
-
-
-def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) -> dict:
-    """PSNR of the initial Gaussians on the test views: the baseline the fit must beat."""
     with torch.no_grad():
-        vals = []
-        for v in views:
-            rgb = render_fn(gaussians, [v.camera], settings).rgb[0].clamp(0, 1)
-            mse = float(((rgb - v.image) ** 2).mean())
-            vals.append(-10 * math.log10(max(mse, 1e-12)))
-    return {"psnr": sum(vals) / len(vals)}
-
-
-def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple[dict, list[dict], dict]:
-    from recon.evaluate.metrics import image_metrics, load_lpips, summarise
-    from recon.progress import track
-
-    scorer, reason = load_lpips("alex")
-    style = _METRIC_STYLE.get(protocol)
-    if style is not None and any(v.mask is None for v in test):
-        style = None  # no masks in this scene: full-image metrics only
-    per_view = []
-    for v, p in track(list(zip(test, preds)), "scoring test views"):
-        per_view.append({"name": v.name, **image_metrics(p, v.image, v.mask, style=style, lpips=scorer)})
-    impl = {"psnr": "recon.evaluate.metrics.psnr", "ssim": "recon.evaluate.metrics.ssim (11x11 Gaussian)",
-            "lpips": "alex" if scorer is not None else None, "style": style}
-    summary = summarise(per_view)
-    if scorer is None:
-        summary["lpips_reason"] = reason
-    return summary, per_view, impl
+        preds = [render_fn(gaussians, [v.camera], settings).rgb[0].clamp(0, 1) for v in views]
+    return score_views(preds, views, protocol, lpips=no_lpips("not computed for the initial Gaussians")).summary
 
 
 # ---- helpers -----------------------------------------------------------------------------

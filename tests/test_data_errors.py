@@ -100,10 +100,10 @@ def test_more_views_than_available(scene):
 
 
 def test_cli_exit_code_and_info(tmp_path, llff, capsys):
-    from recon.commands import info
     from recon.data import splits
 
-    assert info.PROTOCOLS == splits.PROTOCOLS
+    assert main(["info", str(llff), "--protocol", "nope"]) == 2  # one list of protocols: recon.data.splits
+    assert ", ".join(splits.PROTOCOLS) in capsys.readouterr().err
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["info", str(llff), "--views", "9"]) == 2  # 4 views cannot give 9

@@ -34,7 +34,8 @@ def _isolated(monkeypatch, tmp_path):
 def test_missing_weights_give_none_with_reason(tmp_path):
     scorer, reason = L.find_lpips("alex", tmp_path)
     assert scorer is None
-    assert "alexnet-owt-7be5be79.pth" in reason and "alex.pth" in reason and str(tmp_path) in reason
+    # (alex.pth itself may be found: an installed lpips package ships its linear layers)
+    assert "alexnet-owt-7be5be79.pth" in reason and str(tmp_path) in reason
 
 
 def test_weights_load_key_for_key(tmp_path):
@@ -91,6 +92,52 @@ def test_image_metrics_uses_scorer(tmp_path):
     pred = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[8:40, 16:50] = True
-    out = image_metrics(pred, gt, mask, style="spare", lpips=scorer)
-    assert out["lpips"] == pytest.approx(scorer(pred, gt))
-    assert out["lpips_masked"] == pytest.approx(scorer(pred[8:40, 16:50], gt[8:40, 16:50]))
+    out = image_metrics(pred, gt, mask, style="spare", lpips={"alex": scorer})
+    assert out["lpips_alex"] == pytest.approx(scorer(pred, gt)) and out["lpips_vgg"] is None
+    assert out["lpips_alex_masked"] == pytest.approx(scorer(pred[8:40, 16:50], gt[8:40, 16:50]))
+
+
+def _lpips_package(monkeypatch, net: str, backbone: dict):
+    """The `lpips` PyPI package (the reference implementation) with its trunk built without
+    pretrained weights and loaded with ``backbone``. torchvision has no build for our CPU
+    torch, so a stand-in ``torchvision.models`` serves the trunk: recon's feature stack,
+    whose torchvision compatibility is the key-for-key checkpoint test above. What this
+    compares is everything LPIPS adds on top: input scaling, the five taps, channel
+    normalisation, linear layers and the spatial mean."""
+    import sys
+    import types
+
+    def trunk(builder):
+        def make(pretrained=False, **_):
+            assert not pretrained, "the reference must not download weights"
+            feats = builder()
+            feats.load_state_dict({k.removeprefix("features."): v for k, v in backbone.items()
+                                   if k.startswith("features.")})
+            return types.SimpleNamespace(features=feats)
+        return make
+
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(alexnet=trunk(L.alexnet_features), vgg16=trunk(L.vgg16_features),
+                                        squeezenet1_1=None, resnet18=None)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    for name in [m for m in sys.modules if m == "lpips" or m.startswith("lpips.")]:
+        monkeypatch.delitem(sys.modules, name)
+    lpips = pytest.importorskip("lpips")
+    return lpips
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_matches_the_lpips_package_on_identical_weights(tmp_path, monkeypatch, net):
+    backbone, _ = _write_weights(tmp_path, net)
+    lpips = _lpips_package(monkeypatch, net, backbone)
+    lin_file = tmp_path / ("alex.pth" if net == "alex" else "vgg.pth")
+    reference = lpips.LPIPS(net=net, pnet_rand=True, model_path=str(lin_file), verbose=False).eval()
+    ours, reason = L.find_lpips(net, tmp_path)
+    assert ours is not None, reason
+    torch.manual_seed(3)
+    gt = torch.rand(72, 96, 3)
+    for noise in (0.02, 0.2):
+        pred = (gt + noise * torch.randn_like(gt)).clamp(0, 1)
+        with torch.no_grad():
+            ref = float(reference(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], normalize=True))
+        assert ours(pred, gt) == pytest.approx(ref, rel=1e-5, abs=1e-7)

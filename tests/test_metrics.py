@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from recon.errors import ReconError
-from recon.evaluate.metrics import METRIC_IMPLEMENTATIONS, image_metrics, mask_bbox, psnr, ssim, summarise
+from recon.evaluate.metrics import (
+    METRIC_IMPLEMENTATIONS,
+    image_metrics,
+    mask_bbox,
+    psnr,
+    ssim_3dgs,
+    ssim_skimage,
+    summarise,
+)
 
 
 def _pair(h=48, w=64, noise=0.05, seed=0):
@@ -19,23 +27,24 @@ def _pair(h=48, w=64, noise=0.05, seed=0):
     return pred, gt
 
 
-def _ssim_reference(a, b):
-    """Plain-torch SSIM with an 11x11 Gaussian window (sigma 1.5) on reflect-padded
-    images, averaged over every pixel (what torchmetrics 1.x does)."""
-    x = torch.arange(11, dtype=torch.float64) - 5
-    g1 = torch.exp(-(x**2) / (2 * 1.5**2))
-    g1 = g1 / g1.sum()
-    win = (g1[:, None] * g1[None, :]).expand(3, 1, 11, 11)
-    a = F.pad(a.double().permute(2, 0, 1)[None], (5, 5, 5, 5), mode="reflect")
-    b = F.pad(b.double().permute(2, 0, 1)[None], (5, 5, 5, 5), mode="reflect")
-    conv = lambda t: F.conv2d(t, win, groups=3)  # noqa: E731
-    mu_a, mu_b = conv(a), conv(b)
-    s_aa = conv(a * a) - mu_a**2
-    s_bb = conv(b * b) - mu_b**2
-    s_ab = conv(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    m = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
-    return float(m.mean())
+def _ssim_3dgs_reference(img1, img2):
+    """graphdeco-inria/gaussian-splatting utils/loss_utils.py ``ssim`` as written there:
+    [3, H, W] float32 images, gaussian(11, 1.5) window, conv2d with padding 5 (zeros)."""
+    gauss = torch.tensor([math.exp(-((x - 11 // 2) ** 2) / float(2 * 1.5**2)) for x in range(11)])
+    gauss = gauss / gauss.sum()
+    _1d = gauss.unsqueeze(1)
+    _2d = _1d.mm(_1d.t()).float().unsqueeze(0).unsqueeze(0)
+    window = _2d.expand(3, 1, 11, 11).contiguous()
+    img1, img2 = img1.permute(2, 0, 1).float(), img2.permute(2, 0, 1).float()
+    mu1 = F.conv2d(img1, window, padding=5, groups=3)
+    mu2 = F.conv2d(img2, window, padding=5, groups=3)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1.pow(2), mu2.pow(2), mu1 * mu2
+    sigma1_sq = F.conv2d(img1 * img1, window, padding=5, groups=3) - mu1_sq
+    sigma2_sq = F.conv2d(img2 * img2, window, padding=5, groups=3) - mu2_sq
+    sigma12 = F.conv2d(img1 * img2, window, padding=5, groups=3) - mu1_mu2
+    C1, C2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu1_mu2 + C1) * (2 * sigma12 + C2)) / ((mu1_sq + mu2_sq + C1) * (sigma1_sq + sigma2_sq + C2))
+    return float(ssim_map.mean())
 
 
 def test_psnr_matches_definition():
@@ -45,19 +54,36 @@ def test_psnr_matches_definition():
     assert psnr(gt, gt) == math.inf
 
 
-def test_ssim_standard_window_matches_reference():
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.3])
+def test_ssim_3dgs_matches_the_3dgs_repository(noise):
+    pred, gt = _pair(noise=noise)
+    assert ssim_3dgs(pred, gt) == pytest.approx(_ssim_3dgs_reference(pred, gt), abs=1e-6)
+    assert ssim_3dgs(gt, gt) == pytest.approx(1.0, abs=1e-9)
+    assert "zero padding" in METRIC_IMPLEMENTATIONS["ssim_3dgs"]
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.3])
+def test_ssim_skimage_matches_scikit_image(noise):
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    pred, gt = _pair(noise=noise, h=37, w=53)  # odd sizes: the valid-region crop must line up
+    ref = skimage_metrics.structural_similarity(pred.numpy().astype("float64"), gt.numpy().astype("float64"),
+                                                channel_axis=-1, data_range=1.0)
+    assert ssim_skimage(pred, gt) == pytest.approx(float(ref), abs=1e-9)
+    assert ssim_skimage(pred[:5], gt[:5]) is None  # smaller than the 7x7 window: skimage raises
+
+
+def test_the_two_ssims_differ():
+    """They are different numbers: a table must say which one it reports."""
     pred, gt = _pair(noise=0.1)
-    assert ssim(pred, gt) == pytest.approx(_ssim_reference(pred, gt), abs=1e-5)
-    assert ssim(gt, gt) == pytest.approx(1.0, abs=1e-6)
-    assert "11x11" in METRIC_IMPLEMENTATIONS["ssim"] and "torchmetrics" in METRIC_IMPLEMENTATIONS["ssim"]
+    assert abs(ssim_3dgs(pred, gt) - ssim_skimage(pred, gt)) > 1e-3
 
 
 def test_metrics_order_with_noise():
     gt = _pair()[1]
     lo = image_metrics(_pair(noise=0.02)[0], gt)
     hi = image_metrics(_pair(noise=0.2)[0], gt)
-    assert lo["psnr"] > hi["psnr"] and lo["ssim"] > hi["ssim"]
-    assert lo["lpips"] is None  # no scorer: null, never a made-up number
+    assert lo["psnr"] > hi["psnr"] and lo["ssim_3dgs"] > hi["ssim_3dgs"] and lo["ssim_skimage"] > hi["ssim_skimage"]
+    assert lo["lpips_vgg"] is None and lo["lpips_alex"] is None  # no scorer: null, never a made-up number
 
 
 def test_dtu_style_ignores_background_errors():
@@ -67,7 +93,8 @@ def test_dtu_style_ignores_background_errors():
     exact_inside = torch.where(mask[..., None], gt, pred)  # errors only outside the mask
     out = image_metrics(exact_inside, gt, mask, style="dtu", background=(0, 0, 0))
     assert out["psnr_masked"] == math.inf
-    assert out["ssim_masked"] == pytest.approx(1.0, abs=1e-6)
+    assert out["ssim_3dgs_masked"] == pytest.approx(1.0, abs=1e-6)
+    assert out["ssim_skimage_masked"] == pytest.approx(1.0, abs=1e-6)
     assert out["psnr"] < 40  # the full image still sees the background error
 
 
@@ -86,12 +113,13 @@ def test_spare_style_crops_to_tight_bbox():
     mask[5, 20] = True
     assert mask_bbox(mask) == (5, 40, 20, 55)
     out = image_metrics(pred, gt, mask, style="spare")
-    assert out["ssim_masked"] == pytest.approx(ssim(pred[5:40, 20:55], gt[5:40, 20:55]))
-    assert set(out) >= {"psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "lpips_masked"}
-    # a tiny object still yields an SSIM (window padding), not a crash
+    assert out["ssim_3dgs_masked"] == pytest.approx(ssim_3dgs(pred[5:40, 20:55], gt[5:40, 20:55]))
+    assert set(out) >= {"psnr", "ssim_3dgs", "lpips_alex", "psnr_masked", "ssim_3dgs_masked", "lpips_alex_masked"}
+    # a tiny object still yields the 3DGS SSIM (zero padding), not a crash; skimage's is null
     tiny = torch.zeros(60, 70, dtype=torch.bool)
     tiny[30:34, 30:33] = True
-    assert 0 < image_metrics(pred, gt, tiny, style="spare")["ssim_masked"] <= 1
+    out = image_metrics(pred, gt, tiny, style="spare")
+    assert 0 < out["ssim_3dgs_masked"] <= 1 and out["ssim_skimage_masked"] is None
 
 
 def test_bad_inputs_raise_recon_errors():
@@ -107,8 +135,8 @@ def test_bad_inputs_raise_recon_errors():
 
 
 def test_summarise_means_and_nulls():
-    views = [{"name": "a", "psnr": 20.0, "ssim": 0.5, "lpips": None},
-             {"name": "b", "psnr": 30.0, "ssim": 0.7, "lpips": None}]
+    views = [{"name": "a", "psnr": 20.0, "ssim_3dgs": 0.5, "lpips_vgg": None},
+             {"name": "b", "psnr": 30.0, "ssim_3dgs": 0.7, "lpips_vgg": None}]
     s = summarise(views)
-    assert s == {"num_views": 2, "psnr": 25.0, "ssim": pytest.approx(0.6), "lpips": None}
+    assert s == {"num_views": 2, "psnr": 25.0, "ssim_3dgs": pytest.approx(0.6), "lpips_vgg": None}
     assert summarise([]) == {}

@@ -265,7 +265,7 @@ def test_recon_fit_on_a_folder_of_photos_registers_test_views_and_never_sees_the
     model (training cameras, normalisation, Gaussians)."""
     from recon.cli import main
     from recon.evaluate.align import Similarity, pose_errors
-    from recon.runs import read_cameras_json
+    from recon.export.cameras_json import read_cameras_json
 
     photos = write_photos(generated, tmp_path / "photos")
     assert main(["fit", str(photos), "--out", str(tmp_path / "clean"), *FIT_TINY]) == 0
@@ -316,7 +316,7 @@ def test_recon_fit_with_a_pointmap_model_poses_and_seeds_from_its_pointmaps(gene
 
     assert len(read_ply(run / "point_cloud.ply")) > 1000
     from recon.evaluate.align import Similarity, pose_errors
-    from recon.runs import read_cameras_json
+    from recon.export.cameras_json import read_cameras_json
 
     cams = {c.name: c.camera for c in read_cameras_json(run / "cameras.json")}
     truth = {v.name: v.camera for v in generated.views}

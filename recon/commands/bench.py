@@ -15,7 +15,7 @@ from recon.errors import ConfigError
 
 
 def register(subparsers) -> None:
-    from recon.evaluate.protocols import METHODS, SUITES
+    from recon.evaluate.protocols import DEFAULT_METHODS, DEFAULT_SEEDS, METHODS, SUITES
 
     p = subparsers.add_parser(
         "bench",
@@ -28,14 +28,17 @@ def register(subparsers) -> None:
                    help="what to benchmark (default: fits of a suite)")
     p.add_argument("--out", required=True, help="output folder (fits) or JSON file (raster)")
     p.add_argument("--suite", choices=tuple(SUITES), help="benchmark suite (fits)")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds per cell (0..N-1)")
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                   help=f"number of seeds per cell (0..N-1; default {DEFAULT_SEEDS}); tables show mean ± std, never best-of")
     p.add_argument("--data-root", default=None, help="folder of scene folders (default ../shared/data)")
     p.add_argument("--config", default=None, help="fit preset name or YAML path (default: default)")
-    p.add_argument("--iterations", type=int, default=None, help="override optim.iterations for every fit")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="iteration budget of every fit (the scaled baseline's schedule follows; the 30k one does not)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every fit (repeatable)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated methods (default: {','.join(METHODS)}; the baseline is plain 3DGS)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated methods out of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}); "
+                   "the baselines are vanilla 3DGS (configs/baseline-3dgs.yaml) at the suite's budget and at 30k")
     p.add_argument("--scenes", default=None, help="comma-separated subset of the suite's scenes")
     p.add_argument("--lpips-weights", default=None, metavar="DIR",
                    help="folder with LPIPS backbone and linear weights (else LPIPS is null)")

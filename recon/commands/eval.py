@@ -1,4 +1,4 @@
-"""`recon eval RUN`: recompute a run's test metrics and write metrics.json."""
+"""`recon eval RUN`: re-score a run's test views with the fit's scorer into RUN/eval.json."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import math
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="recompute the test metrics of a run folder",
-        description="Recompute PSNR/SSIM/LPIPS (and the protocol's masked variants) of a run folder "
-        "from its test renders, or by re-rendering point_cloud.ply at cameras.json's test cameras.",
+        help="re-score the test views of a run folder (writes RUN/eval.json)",
+        description="Re-score PSNR, SSIM (3DGS and skimage variants) and LPIPS (VGG, AlexNet) and the "
+        "protocol's masked variants of a run folder with the scorer `recon fit` uses: point_cloud.ply is "
+        "re-rendered at cameras.json's test cameras with the fit's render settings and the ground truth "
+        "re-read with the fit's loader options, so an untouched run reproduces metrics.json. The result "
+        "and what changed go to RUN/eval.json; metrics.json is never modified.",
     )
     p.add_argument("run", help="run folder written by `recon fit`")
     p.add_argument("--lpips-weights", metavar="DIR", default=None,
                    help="folder with torchvision AlexNet/VGG16 checkpoints and lpips alex.pth/vgg.pth "
                    "(else $RECON_LPIPS_WEIGHTS or the torch hub cache; LPIPS is null without them)")
-    p.add_argument("--rerender", action="store_true",
-                   help="render point_cloud.ply instead of reading renders/test/*.png")
+    p.add_argument("--from-pngs", action="store_true",
+                   help="score the 8-bit renders/test/*.png instead of re-rendering point_cloud.ply")
     p.add_argument("--gt-poses", metavar="SCENE", default=None,
                    help="for runs with recovered poses: a posed copy of the scene; the run's training "
                    "cameras are aligned to it (Umeyama) and its test poses mapped into the run's frame")
@@ -39,7 +42,7 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recon.evaluate.run import evaluate_run
+    from recon.evaluate.rescore import evaluate_run
 
     if args.gt_poses:
         from recon.evaluate.align import evaluate_unposed
@@ -53,14 +56,20 @@ def run(args: argparse.Namespace) -> int:
         for k, v in res["metrics"].items():
             print(f"  {k:18s} {_fmt(v)}")
         return 0
-    metrics = evaluate_run(args.run, lpips_weights=args.lpips_weights, rerender=args.rerender)
-    test = metrics["test"]
-    keys = [k for k in test if k not in ("num_views",) and not k.endswith("_reason")]
-    print(f"{args.run}: {test['num_views']} test views ({metrics['protocol']['predictions']})")
+    record = evaluate_run(args.run, lpips_weights=args.lpips_weights, from_pngs=args.from_pngs)
+    test = record["test"]
+    keys = [k for k in test if k not in ("num_views", "ssim", "lpips") and not k.endswith("_reason")]
+    print(f"{args.run}: {test['num_views']} test views ({record['predictions']})")
+    diff = record["difference_from_fit"]
     for k in keys:
-        print(f"  {k:18s} {_fmt(test[k])}")
-    for k in ("lpips_alex_reason", "lpips_vgg_reason"):
+        delta = f"  (minus the fit's: {diff[k]:+.1e})" if k in diff else ""
+        print(f"  {k:20s} {_fmt(test[k])}{delta}")
+    for k in ("lpips_vgg_reason", "lpips_alex_reason"):
         if k in test:
             print(f"  {k.replace('_reason', '')} is null: {test[k]}")
-    print(json.dumps({"metrics_json": f"{args.run}/metrics.json"}))
+    for note in record["changed"]:
+        print(f"  changed: {note}")
+    for fb in record["fallbacks"]:
+        print(f"  FALLBACK: {fb['used']} instead of {fb['wanted']}: {fb['reason']}")
+    print(json.dumps({"eval_json": f"{args.run}/eval.json"}))
     return 0

@@ -21,7 +21,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("scene", help="scene folder, or builtin:synthetic")
     p.add_argument("--format", default=None, help="force a loader (llff, dtu, spare, blender, nerfstudio, colmap, images)")
-    p.add_argument("--protocol", default="auto", choices=PROTOCOLS, help="view selection (default: auto, the format's usual protocol)")
+    # No argparse choices: the protocols are recon.data.splits.PROTOCOLS, which select_split
+    # checks with a clear error; listing them here would be a second copy to keep in step.
+    p.add_argument("--protocol", default="auto",
+                   help="view selection (default auto: the format's usual protocol; an unknown name lists them)")
     p.add_argument("--views", type=int, default=3, help="number of training views (default: 3)")
     p.add_argument("--downscale", type=float, default=None, help="load images smaller by this factor (faster)")
     p.set_defaults(func=run)

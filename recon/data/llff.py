@@ -23,16 +23,39 @@ from .common import check_pose, check_same_size, finish_scene, list_images, make
 POSES_FILE = "poses_bounds.npy"
 
 
-def image_folder(root: Path, images: str | None = None) -> Path:
-    """``images`` when given, else ``images/`` when present, else the smallest
-    ``images_N`` (the fastest to load; ``downscale``/``width`` resize further)."""
+def _folder_width(folder: Path) -> int | None:
+    """Width of the first image of a folder (header only), None when it has none."""
+    from PIL import Image
+
+    paths = list_images(folder) if any(folder.iterdir()) else []
+    if not paths:
+        return None
+    with Image.open(paths[0]) as im:
+        return int(im.size[0])
+
+
+def image_folder(root: Path, images: str | None = None, width: int | None = None) -> Path:
+    """``images`` when given. Else, with a target ``width``, the folder whose images already
+    have that width (the official ``images_8`` for the 504-pixel LLFF protocol, rather than
+    resizing the full-size photos ourselves), else the smallest one wider than it. Without
+    a width: ``images/`` when present, else the smallest ``images_N``."""
     if images is not None:
         return require_dir(root / images, "image folder")
-    if (root / "images").is_dir():
-        return root / "images"
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := re.fullmatch(r"images_(\d+)", p.name))]
+    if (root / "images").is_dir():
+        found.append((1, root / "images"))
     if not found:
         raise SceneError(f"{root}: no images/ or images_N/ folder beside {POSES_FILE}; add the photographs")
+    if width is not None:
+        widths = [(w, p) for _, p in found if (w := _folder_width(p)) is not None]
+        exact = [p for w, p in widths if w == width]
+        if exact:
+            return exact[0]
+        wider = sorted((w, str(p)) for w, p in widths if w > width)
+        if wider:
+            return Path(wider[0][1])
+    if (root / "images").is_dir():
+        return root / "images"
     return max(found)[1]
 
 
@@ -69,7 +92,7 @@ def load_llff(
 ) -> Scene:
     root = require_dir(root)
     data = read_poses_bounds(root / POSES_FILE)
-    folder = image_folder(root, images)
+    folder = image_folder(root, images, width)
     paths = list_images(folder)
     if len(paths) != len(data):
         raise SceneError(

@@ -8,7 +8,9 @@
   ``[25, 22, 28, 40, 44, 48, 0, 8, 13]``; test = every view not in that 9-view list nor in
   the excluded views ``[3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]`` (25 views).
 * ``blender8``: DietNeRF/FreeNeRF's 8 training views ``[26, 86, 2, 55, 75, 93, 16, 73]``
-  of the 100 train frames (first n of them); test = the scene's test set.
+  (first n of them), frame ids = positions in ``transforms_train.json``'s frame list, found
+  by their image file (a frame whose image is absent is an error, never a neighbour);
+  test = the scene's test set.
 * ``spare``: a SpaRe split JSON (scene -> input_views, test_views): from ``split_file`` or
   the scene's ``meta["spare_split"]``.
 * ``farthest``: n views by farthest-point sampling of camera centres, starting at the
@@ -103,16 +105,42 @@ def dtu_split(n_total: int, n_views: int | None) -> Split:
 def blender8_split(scene: Scene, n_views: int | None) -> Split:
     if scene.split is None:
         raise SceneError("the blender8 protocol needs a scene with the Blender train/test sets; use --protocol farthest")
-    train_set, test_set = scene.split.train, scene.split.test
-    if len(train_set) <= max(BLENDER8_TRAIN):
-        raise SceneError(f"the blender8 protocol indexes the 100 Blender train frames, the scene has {len(train_set)}; use --protocol farthest")
     n_views = len(BLENDER8_TRAIN) if n_views is None else n_views
     if n_views > len(BLENDER8_TRAIN):
         raise _too_many(n_views, len(BLENDER8_TRAIN), "blender8")
+    ids = BLENDER8_TRAIN[:n_views]
+    train = blender_frames_by_id(scene, ids)
+    test_set = scene.split.test
     return Split(
-        train=tuple(train_set[k] for k in BLENDER8_TRAIN[:n_views]), test=tuple(test_set), protocol="blender8",
-        description=f"DietNeRF/FreeNeRF: train frames {list(BLENDER8_TRAIN[:n_views])} of transforms_train; test = the {len(test_set)} test images present",
+        train=tuple(train), test=tuple(test_set), protocol="blender8",
+        description=f"DietNeRF/FreeNeRF: frames {list(ids)} of transforms_train.json (by frame id); "
+                    f"test = the {len(test_set)} test images present",
     )
+
+
+def blender_frames_by_id(scene: Scene, ids) -> list[int]:
+    """View indices of frames ``ids`` (positions in transforms_train.json's frame list),
+    matched by image file. SceneError naming the frame when its image is not in the scene."""
+    from recon.data.blender import frame_image_path, read_json
+
+    if scene.root is None or not (scene.root / "transforms_train.json").is_file():
+        raise SceneError("the blender8 protocol selects frames of transforms_train.json; the scene has none")
+    meta_path = scene.root / "transforms_train.json"
+    frames = read_json(meta_path).get("frames", [])
+    by_path = {Path(v.path).resolve(): i for i, v in enumerate(scene.views) if v.path is not None}
+    train_views = set(scene.split.train)
+    out = []
+    for k in ids:
+        if k >= len(frames):
+            raise SceneError(f"{meta_path} has {len(frames)} frames; the blender8 protocol needs frame {k}")
+        file_path = frames[k].get("file_path", "?")
+        image = frame_image_path(scene.root, file_path)
+        index = by_path.get(image.resolve()) if image is not None else None
+        if index is None or index not in train_views:
+            raise SceneError(f"{meta_path} frame {k} ({file_path}): its image is not in the scene; the blender8 "
+                             "protocol needs exactly this frame (restore the image or use --protocol farthest)")
+        out.append(index)
+    return out
 
 
 def farthest_split(scene: Scene, n_views: int | None) -> Split:

@@ -156,9 +156,9 @@ def evaluate_unposed(
 
     from recon.data import load_scene
     from recon.data.common import resize_view
-    from recon.evaluate.metrics import summarise
-    from recon.evaluate.protocols import metric_style_for
-    from recon.evaluate.run import read_json, run_cameras, score_views
+    from recon.evaluate.rescore import run_cameras
+    from recon.evaluate.scoring import score_views
+    from recon.export.cameras_json import read_run_json as read_json
     from recon.export.ply import read_ply
     from recon.render import render
 
@@ -193,8 +193,8 @@ def evaluate_unposed(
         with torch.no_grad():
             preds[name] = render(gaussians, [cam], settings).rgb[0].clamp(0, 1).cpu()
         gts[name] = view
-    per_view, status = score_views(preds, gts, metric_style_for(record.get("protocol")), (1.0, 1.0, 1.0), lpips_weights)
-    result = {"metrics": summarise(per_view), "views": per_view, "alignment": sim.to_dict(),
+    scores = score_views(list(preds.values()), list(gts.values()), record.get("protocol"), lpips_weights=lpips_weights)
+    result = {"metrics": scores.summary, "views": scores.per_view, "fallbacks": scores.fallbacks, "alignment": sim.to_dict(),
               "train_pose_errors": errors, "aligned_on": "training cameras (orientation mean + centre fit)",
               "test_poses": "GT aligned via training cameras" + (" +photometric refinement" if refine_steps > 0 else ""),
               "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene)}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -24,49 +23,19 @@ from pathlib import Path
 import torch
 
 from recon.errors import ConfigError, ReconError
-from recon.evaluate.protocols import METHODS, Suite, default_data_root, get_suite, suite_config, suite_scenes
+from recon.evaluate.memory import PeakMemory
+from recon.evaluate.protocols import (
+    BASELINE_PRESET,
+    DEFAULT_METHODS,
+    DEFAULT_SEEDS,
+    METHODS,
+    Suite,
+    default_data_root,
+    get_suite,
+    suite_config,
+    suite_scenes,
+)
 from recon.evaluate.report import write_reports
-
-
-class PeakMemory:
-    """Samples this process's resident memory (Linux /proc, else ru_maxrss) on a thread,
-    so each cell gets its own peak rather than the process's all-time maximum; CUDA peak
-    from torch's allocator statistics."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak_rss = 0
-        self.peak_cuda: int | None = None
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            import resource
-
-            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, self.rss())
-
-    def __enter__(self) -> "PeakMemory":
-        self.peak_rss = self.rss()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self.rss())
-        if torch.cuda.is_available():
-            self.peak_cuda = int(torch.cuda.max_memory_allocated())
 
 
 @contextmanager
@@ -86,17 +55,72 @@ def _lpips_env(weights: str | None):
             os.environ["RECON_LPIPS_WEIGHTS"] = old
 
 
-def _cell_config(config: str | None, overrides: Sequence[str], seed: int):
-    from recon.optimise.config import load_config
+# Step counts of a preset that a schedule scaled to another iteration budget multiplies.
+# Not densify.refine_every: it is the window over which view-space gradients are averaged
+# before a densification, not a share of the schedule. Scaled with the rest (100 -> 3 at a
+# 1000-step budget) the 3DGS baseline doubled its Gaussians every 3 steps on fern (6k at
+# step 30, 96k at step 50, recon bench llff3, 11:00): a different method, not 3DGS.
+_SCHEDULE_STEPS = (("optim", "sh_degree_interval"), ("densify", "refine_start"), ("densify", "refine_stop"),
+                   ("densify", "reset_every"))
 
-    return load_config(config, [*overrides, f"seed={seed}"])  # None = the dataclass defaults
+
+def scale_schedule(cfg, iterations: int):
+    """``cfg`` with ``optim.iterations`` set to ``iterations`` and the step counts of its
+    schedule (SH growth, densification window, opacity reset) multiplied by
+    ``iterations / cfg.optim.iterations``, rounded, at least 1 (0 = off stays off); the
+    densification interval is kept (see ``_SCHEDULE_STEPS``). The learning-rate decay
+    already spans ``optim.iterations``."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    factor = iterations / cfg.optim.iterations
+    out.optim.iterations = int(iterations)
+    for section, key in _SCHEDULE_STEPS:
+        value = getattr(getattr(cfg, section), key)
+        if value > 0:
+            setattr(getattr(out, section), key, max(1, round(value * factor)))
+    return out
+
+
+def method_config(method: str, suite_config: str | None, overrides: Sequence[str], seed: int,
+                  iterations: int | None = None):
+    """The FitConfig of one bench method: the suite preset for "recon"; the 3DGS baseline
+    preset with the suite preset's data section (protocol, views, resolution) for the
+    baselines, scaled to the budget (``iterations``, else the suite preset's) unless "-30k".
+    ``overrides`` (the bench's --set) apply last to every method."""
+    from recon.optimise.config import from_dict, load_config, parse_override
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown bench method {method!r}; use {', '.join(METHODS)}")
+    suite_cfg = load_config(suite_config)  # None = the dataclass defaults
+    budget = iterations or suite_cfg.optim.iterations
+    if method == "recon":
+        values = suite_cfg.to_dict()
+        values["optim"]["iterations"] = budget
+    else:
+        baseline = load_config(BASELINE_PRESET)
+        if method == "baseline-3dgs":  # 3DGS's own schedule, run for the budget (see METHODS)
+            baseline.optim.iterations = budget
+        values = {**baseline.to_dict(), "data": suite_cfg.to_dict()["data"], "threads": suite_cfg.threads}
+    for text in [*overrides, f"seed={seed}"]:
+        _merge(values, parse_override(text))
+    return from_dict(values)
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path, *, suite, config: str | None,
-             overrides: Sequence[str], fit_fn: Callable) -> dict:
+             overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None) -> dict:
     """Fit one cell and return its record (status "failed" with the error on ReconError)."""
-    cfg = _cell_config(config, [*suite.config_overrides, *METHODS[method], *overrides], seed)
-    record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir)}
+    cfg = method_config(method, config, [*suite.config_overrides, *overrides], seed, iterations)
+    record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir),
+              "iterations_configured": cfg.optim.iterations}
     start = time.perf_counter()
     with PeakMemory() as mem:
         try:
@@ -112,28 +136,36 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     record["metrics"] = metrics.get("test") or {}
-    if suite.metric_style == "spare" and record["metrics"]:
-        # the SpaRe loader carries no masks; recon eval reads mask/ and scores PSNR-M etc.
-        from recon.evaluate.run import evaluate_run
+    if suite.protocol == "spare" and record["metrics"]:
+        # the SpaRe loader carries no masks; recon eval reads mask/ and scores PSNR-M etc. (into eval.json)
+        from recon.evaluate.rescore import evaluate_run
 
         record["metrics"] = evaluate_run(run_dir)["test"]
+        record["metrics_from"] = "eval.json (recon eval with the scene's mask/ folder)"
+    protocol = metrics.get("protocol") or {}
     record["fit_seconds"] = metrics.get("fit_seconds")
     record["iterations"] = metrics.get("iterations")
-    record["resolution"] = (metrics.get("protocol") or {}).get("resolution")
+    record["resolution"] = protocol.get("resolution")
+    record["test_poses"] = protocol.get("test_poses") or "dataset (posed)"
+    record["init"] = (metrics.get("init") or {}).get("used")
+    record["fallbacks"] = [f"{f.get('stage')}: {f.get('used')} instead of {f.get('wanted')}"
+                           for f in metrics.get("fallbacks") or []]
+    record["num_gaussians"] = metrics.get("num_gaussians")
+    record["fit_peak_rss_bytes"] = metrics.get("peak_rss_bytes")
     (run_dir / "cell.json").write_text(json.dumps(record, indent=2))
     return record
 
 
 def run_bench(
-    suite: "str | Suite",
+    suite: str | Suite,
     data_root: str | Path | None,
     out_dir: str | Path,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] = DEFAULT_SEEDS,
     config: str | None = None,
     *,
     overrides: Sequence[str] = (),
     iterations: int | None = None,
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = DEFAULT_METHODS,
     scenes: Sequence[str] | None = None,
     lpips_weights: str | None = None,
     fit_fn: Callable | None = None,
@@ -154,7 +186,6 @@ def run_bench(
     if unknown:
         raise ConfigError(f"unknown bench method(s) {unknown}; use {', '.join(METHODS)}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    extra = [f"optim.iterations={iterations}"] if iterations else []
     if fit_fn is None:
         from recon.pipeline import fit_scene as fit_fn
     config = suite_config(spec, config)
@@ -168,9 +199,13 @@ def run_bench(
             if done.is_file():  # resume: a finished cell is never re-fitted
                 cells.append({**json.loads(done.read_text()), "resumed": True})
             else:
+                if run_dir.exists():  # an interrupted cell: start clean (log.jsonl would append to the old one)
+                    import shutil
+
+                    shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
-                                      overrides=[*overrides, *extra], fit_fn=fit_fn))
+                                      overrides=overrides, fit_fn=fit_fn, iterations=iterations))
             advance(f"{name}/{method}/seed{seed}: {cells[-1]['status']}")
     protocol = {**spec.describe(), "iterations": iterations or "config default", "config": config or "defaults (recon/optimise/config.py)",
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
@@ -178,7 +213,8 @@ def run_bench(
                 "test_pose_refined": False,
                 # what the fits actually ran at (a --set data.width=... changes the suite's resolution)
                 "evaluated_resolution": sorted({"x".join(map(str, c["resolution"])) for c in cells if c.get("resolution")}),
-                "methods": {m: list(METHODS[m]) or ["(preset as given)"] for m in methods}}
+                "methods": {m: METHODS[m] for m in methods},
+                "aggregation": f"mean ± sample std over the seeds {seed_list} (never best-of)"}
     extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover else {}
     paths = write_reports(out, cells, protocol, extra)
     return {"cells": cells, "paths": {k: str(v) for k, v in paths.items()}, "protocol": protocol, **extra}
@@ -197,7 +233,7 @@ def _spare_submission(spec: Suite, root: Path, out: Path, cells: list[dict], lpi
     if not chosen:
         return {"submission": None, "submission_reason": "no finished recon cell"}
     folder = out / "submission"
-    scenes = [spare.spare_scene(root / name, entries[name], Path(c["run_dir"]), folder, size=None,
+    scenes = [spare.spare_scene(root / name, entries[name], Path(c["run_dir"]), folder,
                                 lpips_weights=lpips_weights) for name, c in chosen.items()]
     zip_path = spare.write_submission(folder, out / f"submission_track{spec.extra['track']}.zip")
     problems = spare.check_submission(zip_path, {n: entries[n] for n in chosen})

@@ -17,19 +17,20 @@ from pathlib import Path
 
 from recon.evaluate.metrics import METRIC_IMPLEMENTATIONS
 
-METRIC_KEYS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "lpips_masked", "lpips_vgg")
-COST_KEYS = ("wall_seconds", "peak_rss_mb", "peak_cuda_mb")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "psnr_masked": True, "ssim_masked": True,
-                    "lpips_masked": False, "lpips_vgg": False}
+# Explicit variant names only (metrics.image_metrics); the plain aliases "ssim"/"lpips" of a
+# run's summary are not table columns, so no table can leave the reader guessing which SSIM.
+_BASE_KEYS = ("psnr", "ssim_3dgs", "ssim_skimage", "lpips_vgg", "lpips_alex")
+METRIC_KEYS = (*(f"{k}_masked" for k in _BASE_KEYS), *_BASE_KEYS)
+COST_KEYS = ("fit_seconds", "wall_seconds", "peak_rss_mb", "peak_cuda_mb")
+# What each cell says about how it ran (the same for every seed unless something fell back).
+TEXT_KEYS = ("test_poses", "init", "fallbacks")
+HIGHER_IS_BETTER = {k: not k.startswith("lpips") for k in METRIC_KEYS}
 
 
 def metric_label(key: str, style: str | None) -> str:
-    base = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lpips_vgg": "LPIPS-vgg"}
-    masked = {"psnr_masked": "PSNR", "ssim_masked": "SSIM", "lpips_masked": "LPIPS"}
-    if key in base:
-        return base[key]
-    suffix = "-M" if style == "spare" else " (mask)"
-    return masked.get(key, key) + suffix
+    if key.endswith("_masked"):
+        return key.removesuffix("_masked") + ("-M" if style == "spare" else " (mask)")
+    return key
 
 
 def _finite(values: list) -> list[float]:
@@ -51,8 +52,8 @@ def mean_std(values: list) -> dict:
 
 def _cell_value(cell: dict, key: str):
     if key in COST_KEYS:
-        if key == "wall_seconds":
-            return cell.get("wall_seconds")
+        if key in ("wall_seconds", "fit_seconds"):
+            return cell.get(key)
         b = cell.get(key.replace("_mb", "_bytes"))
         return None if b is None else b / 2**20
     return (cell.get("metrics") or {}).get(key)
@@ -75,6 +76,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
             row = {"scene": scene, "method": method, "seeds": [c["seed"] for c in group],
                    "failed_seeds": [c["seed"] for c in failed]}
             row.update({k: mean_std([_cell_value(c, k) for c in group]) for k in keys})
+            row.update({k: _text_summary(group, k) for k in TEXT_KEYS})
             rows.append(row)
         seeds = sorted({c["seed"] for c in done if c["method"] == method})
         per_seed: dict[str, list] = {k: [] for k in keys}
@@ -88,8 +90,25 @@ def aggregate(cells: list[dict]) -> list[dict]:
         if complete and len(scenes) > 1:
             row = {"scene": "mean", "method": method, "seeds": complete, "failed_seeds": []}
             row.update({k: mean_std(per_seed[k]) for k in keys})
+            row.update({k: _text_summary([c for c in done if c["method"] == method], k) for k in TEXT_KEYS})
             rows.append(row)
     return rows
+
+
+def _text_summary(cells: list[dict], key: str) -> str:
+    """The distinct values of a descriptive field over cells, with seed counts when they differ."""
+    values = []
+    for c in cells:
+        v = c.get(key)
+        if key == "fallbacks":
+            v = "; ".join(v) if v else "none"
+        elif key == "test_poses":
+            v = v or "dataset (posed)"
+        values.append(str(v if v is not None else "n/a"))
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else "n/a"
+    return ", ".join(f"{v} ({values.count(v)} seeds)" for v in distinct)
 
 
 def _fmt(entry: dict | None, key: str) -> str:
@@ -98,7 +117,8 @@ def _fmt(entry: dict | None, key: str) -> str:
     m, s = entry["mean"], entry.get("std")
     if math.isinf(m):
         return "inf"
-    digits = {"psnr": 2, "psnr_masked": 2, "wall_seconds": 1, "peak_rss_mb": 0, "peak_cuda_mb": 0}.get(key, 3)
+    digits = {"psnr": 2, "psnr_masked": 2, "wall_seconds": 0, "fit_seconds": 0, "peak_rss_mb": 0,
+              "peak_cuda_mb": 0}.get(key, 3)
     text = f"{m:.{digits}f}"
     return text + (f" ± {s:.{digits}f}" if s is not None else "")
 
@@ -153,9 +173,9 @@ def _csv_num(v) -> str:
 
 def markdown(rows: list[dict], protocol: dict, keys: list[str], style: str | None, cells: list[dict]) -> str:
     lines = [f"# Benchmark: {protocol.get('name', '?')}", "", "## Protocol", ""]
-    for k in ("protocol", "train_views", "test_views", "resolution", "evaluated_resolution", "masks", "metric_style", "background",
-              "iterations", "config", "overrides", "seeds", "methods", "notes", "data_root", "device",
-              "test_pose_refined"):
+    for k in ("protocol", "train_views", "test_views", "train_ids", "test_ids", "resolution", "evaluated_resolution",
+              "masks", "metric_style", "headline_metrics", "iterations", "config", "overrides", "seeds", "aggregation",
+              "methods", "notes", "data_root", "device", "test_pose_refined"):
         if protocol.get(k) not in (None, "", ()):
             lines.append(f"- **{k}**: {protocol[k]}")
     lines += ["", "Metric implementations:", ""]
@@ -163,12 +183,18 @@ def markdown(rows: list[dict], protocol: dict, keys: list[str], style: str | Non
     for reason in sorted({str(c["metrics"][k]) for c in cells if c.get("metrics")
                           for k in c["metrics"] if k.endswith("_reason")}):
         lines.append(f"- LPIPS is n/a: {reason}")
-    header = ["scene", "method", "seeds", *[metric_label(k, style) if k in METRIC_KEYS else k for k in keys]]
-    lines += ["", "## Results (mean ± std over seeds)", "", "| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)]
+    shown = [k for k in keys if k not in ("wall_seconds", "peak_cuda_mb")]
+    header = ["scene", "method", "seeds", *[metric_label(k, style) if k in METRIC_KEYS else k for k in shown],
+              *TEXT_KEYS]
+    seeds_text = ", ".join(map(str, protocol.get("seeds") or []))
+    lines += ["", f"## Results (mean ± sample std over seeds {seeds_text}; never best-of)", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         seeds = str(len(r["seeds"])) + (f" ({len(r['failed_seeds'])} failed)" if r["failed_seeds"] else "")
-        lines.append("| " + " | ".join([r["scene"], r["method"], seeds, *[_fmt(r[k], k) for k in keys]]) + " |")
+        lines.append("| " + " | ".join([r["scene"], r["method"], seeds, *[_fmt(r[k], k) for k in shown],
+                                        *[str(r.get(k, "n/a")) for k in TEXT_KEYS]]) + " |")
+    lines += ["", ("A metric is n/a when it was not computed (LPIPS without local weights) or when a seed lacks it; "
+                   "wall_seconds, peak_cuda_mb and per-cell values are in results.csv / cells.csv.")]
     failed = [c for c in cells if c.get("status") != "done"]
     if failed:
         lines += ["", "## Failed cells", ""]

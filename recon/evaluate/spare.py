@@ -6,14 +6,16 @@ maps each scene (also its folder name) to ``input_views``, ``test_views`` and ``
 (DTU) or ``cam_{i+1:03d}_{light}_0000.png`` (SpaRe); lighting 3 (all lights on) is evaluated.
 
 ``run_spare`` fits every scene on its 3 (Track 1) or 9 (Track 2) input views, renders the
-10 test views at the scene's full resolution (1600x1200 for the challenge data), scores
-them when ground truth is present (PSNR-M, SSIM-M, LPIPS-M with AlexNet, plus full-image
-values) and writes the submission zip.
+10 test views at 1600x1200, scores them when ground truth is present and writes the
+submission zip.
 
-Submission naming (an assumption: the challenge page we could read documents the data
-layout, not the archive): one folder per scene at the archive root, named as the split
-JSON key, holding one PNG per test view named exactly as that view's image in the data
-layout at lighting 3, e.g. ``scan8/rect_013_3_r5000.png`` or ``Amplifier/cam_005_3_0000.png``.
+Submission format, as the benchmark's site documents it (SpaReBenchmark.github.io,
+docs/benchmark/submission.md and evaluation.md): for every scene, the 10 test views of the
+split JSON, rendered at 1600x1200, saved in a folder named as the scene (the JSON key) as
+``rect_{idx+1:03d}_3_r5000.png`` (DTU scenes) or ``cam_{idx+1:03d}_3_0000.png`` (SpaRe
+scenes) for test view index ``idx``; one ZIP whose root holds the scene folders (no upper
+level folder). Metrics: PSNR-M inside the object mask, SSIM-M and LPIPS-M (AlexNet) inside
+the mask's tight bounding box, and PSNR / SSIM / LPIPS over the whole image.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from recon.errors import ReconError, SceneError
 
 TRACK_VIEWS = {1: 3, 2: 9}
 EVAL_LIGHTING = 3
-FULL_RESOLUTION = (1600, 1200)
+FULL_RESOLUTION = (1600, 1200)  # (width, height) of every submitted image
+SUBMISSION_VIEWS = 10  # test views per scene
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,14 @@ def write_submission(folder: str | Path, zip_path: str | Path) -> Path:
 
 
 def check_submission(zip_path: str | Path, entries: dict[str, SpareEntry],
-                     resolution: tuple[int, int] | None = None) -> list[str]:
-    """Problems with a submission zip (missing/extra files, wrong image size); [] if none."""
+                     resolution: tuple[int, int] | None = FULL_RESOLUTION) -> list[str]:
+    """Problems with a submission zip against the documented format (scene folders at the
+    archive root, the split's test views named per dataset, 10 per scene, images at
+    ``resolution``; None skips the size check); [] if none."""
     import imageio.v3 as iio
 
-    problems = []
+    problems = [f"{e.scene}: the split lists {len(e.test_views)} test views, the benchmark expects {SUBMISSION_VIEWS}"
+                for e in entries.values() if len(e.test_views) != SUBMISSION_VIEWS]
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
         expected = {f"{e.scene}/{image_name(e.dataset, i)}" for e in entries.values() for i in e.test_views}
@@ -107,22 +113,6 @@ def check_submission(zip_path: str | Path, entries: dict[str, SpareEntry],
                 if (w, h) != tuple(resolution):
                     problems.append(f"{n} is {w}x{h}, expected {resolution[0]}x{resolution[1]}")
     return problems
-
-
-def read_mask(scene_dir: Path, view_name: str, index: int | None = None) -> torch.Tensor | None:
-    """Object mask of a view when the scene folder has one: ``mask/<image stem>.png`` or
-    ``mask/<index:03d>.png`` (the IDR/NeuS DTU convention), thresholded at 128."""
-    import imageio.v3 as iio
-
-    candidates = [scene_dir / d / f"{view_name}.png" for d in ("mask", "masks")]
-    if index is not None:
-        candidates += [scene_dir / d / f"{index:03d}.png" for d in ("mask", "masks")]
-    for path in candidates:
-        if path.is_file():
-            arr = np.asarray(iio.imread(path))
-            arr = arr[..., 0] if arr.ndim == 3 else arr
-            return torch.from_numpy(arr >= 128)
-    return None
 
 
 def write_layout(root: str | Path, scenes: dict, splits: dict[int, dict[str, dict]], kind: str = "development") -> Path:
@@ -157,24 +147,15 @@ def write_layout(root: str | Path, scenes: dict, splits: dict[int, dict[str, dic
 
 
 def _render_full(run: Path, size: tuple[int, int], background) -> list[tuple[str, torch.Tensor]]:
-    """Test views of a run rendered at ``size`` (cameras.json cameras rescaled)."""
-    import yaml
+    """Test views of a run rendered at ``size`` (cameras.json cameras rescaled) with the
+    render settings the fit scored with."""
+    from recon.evaluate.rescore import render_predictions, run_render_settings, run_test_cameras
+    from recon.export.cameras_json import read_run_json
 
-    from recon.evaluate.run import run_test_cameras
-    from recon.export.ply import read_ply
-    from recon.render import render
-    from recon.types import RenderSettings
-
-    gaussians = read_ply(run / "point_cloud.ply")
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    r = cfg.get("render", {}) or {}
-    settings = RenderSettings(background=tuple(background), backend=r.get("backend", "auto"),
-                              antialiased=bool(r.get("antialiased", False)))
-    out = []
-    with torch.no_grad():
-        for name, cam in run_test_cameras(run):
-            out.append((name, render(gaussians, [cam.scaled(*size)], settings).rgb[0].clamp(0, 1).cpu()))
-    return out
+    metrics = read_run_json(run / "metrics.json", "the run's metrics") if (run / "metrics.json").is_file() else {}
+    settings, _ = run_render_settings(run, metrics, background)
+    cameras = [(name, cam.scaled(*size)) for name, cam in run_test_cameras(run)]
+    return list(zip([n for n, _ in cameras], render_predictions(run, cameras, settings)))
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
@@ -184,12 +165,15 @@ def _save_png(path: Path, image: torch.Tensor) -> None:
     iio.imwrite(path, (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
 
 
-def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path, *, size, lpips_weights) -> dict:
-    """Render one fitted scene's test views into the submission folder and score them
-    against ground truth when the split provides it (development split)."""
+def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path, *,
+                size: tuple[int, int] | None = FULL_RESOLUTION, lpips_weights=None) -> dict:
+    """Render one fitted scene's test views into the submission folder at ``size`` (the
+    benchmark's 1600x1200; None = the scene's own size) and score them against ground truth
+    when the split provides it (development split), ground truth resized to ``size``."""
     from recon.data import load_scene
     from recon.data.common import resize_view
-    from recon.evaluate.run import score_views
+    from recon.data.masks import read_mask
+    from recon.evaluate.scoring import score_views
 
     scene = load_scene(scene_dir, format="spare")
     full = size or (scene.views[0].width, scene.views[0].height)
@@ -212,11 +196,9 @@ def spare_scene(scene_dir: Path, entry: SpareEntry, run: Path, submission: Path,
             gts[name] = gt if (gt.width, gt.height) == tuple(full) else resize_view(gt, *full)
     record = {"scene": entry.scene, "dataset": entry.dataset, "resolution": list(full), "run_dir": str(run)}
     if gts and len(gts) == len(renders):
-        from recon.evaluate.metrics import summarise
-
-        per_view, status = score_views(preds, gts, "spare", (0.0, 0.0, 0.0), lpips_weights)
-        record.update(metrics=summarise(per_view), views=per_view, metric_style=status["style"],
-                      lpips_reason=status["lpips_alex"])
+        scores = score_views([preds[n] for n in gts], list(gts.values()), "spare", lpips_weights=lpips_weights)
+        record.update(metrics=scores.summary, views=scores.per_view, metric_style=scores.implementations["style"],
+                      lpips_reason=scores.summary.get("lpips_alex_reason"), fallbacks=scores.fallbacks)
     else:
         record["metrics"] = None
         record["metrics_reason"] = "test images are not in the data (test split): submission only"
@@ -232,7 +214,7 @@ def run_spare(
     config=None,
     overrides: Sequence[str] = (),
     scenes: Sequence[str] | None = None,
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = FULL_RESOLUTION,
     lpips_weights: str | None = None,
     fit_fn: Callable | None = None,
 ) -> dict:
@@ -260,7 +242,7 @@ def run_spare(
                      views=TRACK_VIEWS[track], protocol="spare")
         records.append(spare_scene(root / name, entry, Path(run), submission, size=size, lpips_weights=lpips_weights))
     zip_path = write_submission(submission, out / f"submission_track{track}.zip")
-    problems = check_submission(zip_path, entries, size)
+    problems = check_submission(zip_path, entries, size or None)
     result = {"track": track, "split_file": str(split_path), "zip": str(zip_path), "problems": problems,
               "scenes": records, "protocol": "SpaRe: PSNR-M over the object mask, SSIM-M/LPIPS-M (AlexNet) "
               "in the mask's tight box, full-image PSNR/SSIM/LPIPS; test views at full resolution"}

@@ -1,6 +1,6 @@
 """The run folder's camera file, ``cameras.json``: written by the pipeline, read by
 ``recon eval``, ``recon view`` and ``recon export``. One reader and one writer so the
-format cannot drift between them.
+format cannot drift between them; ``read_run_json`` is the one reader of the run's JSON files.
 
 Layout: ``{"convention": ..., "cameras": [{"name", "split", "K", "T_cam_world", "width",
 "height", ["distortion"]}, ...]}`` with the conventions of ``recon.types``.
@@ -62,15 +62,22 @@ def _camera_from_record(record: dict, where: str) -> Camera:
                   distortion=torch.tensor(distortion, dtype=torch.float32) if distortion else None)
 
 
+def read_run_json(path: str | Path, what: str):
+    """A JSON file of a run folder (scene.json, metrics.json, cameras.json, eval.json);
+    SceneError naming the file when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneError(f"{path} not found: {what}; pass a folder written by `recon fit`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SceneError(f"{path}: not valid JSON ({exc}); re-run the fit or fix the file") from None
+
+
 def read_cameras_json(path: str | Path) -> list[NamedCamera]:
     """All cameras of a run, in file order. Raises SceneError naming the file and entry."""
     path = Path(path)
-    if not path.is_file():
-        raise SceneError(f"{path} not found: pass a folder written by `recon fit`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SceneError(f"{path}: not valid JSON ({exc}); re-run the fit or fix the file") from None
+    data = read_run_json(path, "the run's cameras")
     entries = data.get("cameras") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise SceneError(f"{path}: expected {{'cameras': [...]}} as `recon fit` writes it")

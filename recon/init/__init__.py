@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recon.geometry import viewed_ball
 from recon.errors import ConfigError
+from recon.geometry import viewed_ball
 from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
 from recon.timing import stage
@@ -23,7 +23,7 @@ from recon.types import Gaussians, View
 METHODS = ("mvs", "sift", "random")
 _ALIASES = {"stereo": "mvs"}
 
-__all__ = ["InitResult", "METHODS", "gaussians_from_points", "initialise", "random_gaussians", "scene_ball"]
+__all__ = ["METHODS", "InitResult", "gaussians_from_points", "initialise", "random_gaussians", "scene_ball"]
 
 
 @dataclass
@@ -33,15 +33,22 @@ class InitResult:
     points: Tensor | None  # [M, 3] prior points the Gaussians came from (None for random)
     depths: list[Tensor] | None  # per view [H, W] MVS z-depth, 0 = invalid (None: MVS not run)
     confidences: list[Tensor] | None  # per view [H, W] in [0, 1]
+    requested: str = ""  # the method asked for (alias resolved)
+    fallback_reason: str | None = None  # why ``method`` differs from ``requested``
+
+    def record(self) -> dict:
+        """What metrics.json says about the initialisation that actually ran."""
+        return {"requested": self.requested, "used": self.method, "fallback_reason": self.fallback_reason,
+                "num_points": None if self.points is None else int(self.points.shape[0])}
 
 
-def scene_ball(views: "list[View] | tuple[View, ...]") -> tuple[Tensor, float]:
+def scene_ball(views: list[View] | tuple[View, ...]) -> tuple[Tensor, float]:
     """(centre [3], radius) of the region the cameras look at (see geometry.viewed_ball)."""
     return viewed_ball([v.camera for v in views])
 
 
 def initialise(
-    views: "list[View] | tuple[View, ...]",
+    views: list[View] | tuple[View, ...],
     method: str = "mvs",
     *,
     sh_degree: int = 3,
@@ -72,8 +79,10 @@ def initialise(
         if method == "mvs":
             return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
     if method == "mvs":  # a single view: nothing to match
-        warnings.warn("multi-view stereo needs at least two views; using random init", RuntimeWarning, stacklevel=2)
-        method = "random"
+        reason = "multi-view stereo needs at least two views"
+        warnings.warn(f"{reason}; using random init", RuntimeWarning, stacklevel=2)
+        g = random_gaussians(random_points, centre, radius, sh_degree, generator, opacity=opacity)
+        return InitResult(g, "random", None, depths, confs, requested="mvs", fallback_reason=reason)
     if method == "sift":
         from recon.priors.sfm import triangulate_sift
 
@@ -81,14 +90,17 @@ def initialise(
             pts, cols = triangulate_sift(views)  # [M, 3], [M, 3]
         return _from_points(pts, cols, sh_degree, opacity, fallback, "sift", depths, confs)
     g = random_gaussians(random_points, centre, radius, sh_degree, generator, opacity=opacity)
-    return InitResult(g, "random", None, depths, confs)
+    return InitResult(g, "random", None, depths, confs, requested="random")
 
 
 def _from_points(pts, cols, sh_degree, opacity, fallback, method, depths, confs) -> InitResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         g = gaussians_from_points(pts, cols, sh_degree, opacity=opacity, **fallback)
-    fell_back = any(issubclass(w.category, RuntimeWarning) and "falling back" in str(w.message) for w in caught)
+    reasons = [str(w.message) for w in caught
+               if issubclass(w.category, RuntimeWarning) and "falling back" in str(w.message)]
     for w in caught:  # re-emit so callers still see them
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return InitResult(g, "random" if fell_back else method, None if fell_back else pts, depths, confs)
+    if reasons:
+        return InitResult(g, "random", None, depths, confs, requested=method, fallback_reason=reasons[0])
+    return InitResult(g, method, pts, depths, confs, requested=method)

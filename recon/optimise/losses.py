@@ -7,6 +7,8 @@ configuration: the trainer passes weights and options in.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -76,10 +78,18 @@ def photometric(pred: Tensor, gt: Tensor, ssim_weight: float, mask: Tensor | Non
     return loss
 
 
-def psnr(pred: Tensor, gt: Tensor) -> float:
-    """PSNR in dB for images in [0, 1] (a training-time readout, not the evaluation)."""
-    mse = float(((pred.detach() - gt) ** 2).mean())
-    return float("inf") if mse <= 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
+def psnr(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> float:
+    """PSNR in dB of images in [0, 1] (float64 MSE over every pixel and channel, or over the
+    pixels of ``mask`` [H, W] only). The one PSNR of recon: the trainer's readout and the
+    evaluation (recon.evaluate.metrics) both call it. Identical images give +inf; an empty
+    mask gives nan."""
+    diff = (pred.detach().double() - gt.detach().double()) ** 2  # [..., H, W, 3]
+    if mask is not None:
+        if not bool(mask.any()):
+            return float("nan")
+        diff = diff[mask.bool()]  # [M, 3]
+    mse = float(diff.mean())
+    return float("inf") if mse <= 0.0 else -10.0 * math.log10(mse)
 
 
 def _comparable(rendered: Tensor, prior: Tensor, kind: str) -> tuple[Tensor, Tensor]:
