@@ -102,6 +102,29 @@ class RegulariseConfig:
     scale_weight: float = 1e-2
     max_scale: float = 0.1  # times scene extent
     max_ratio: float = 10.0
+    # DropGaussian / DropoutGS: fraction of Gaussians made transparent in each training
+    # render (the rest compensated by 1 / (1 - rate)); never at test time. 0 = off.
+    dropout_rate: float = 0.0
+    # Binocular3DGS opacity decay: every opacity_decay_every steps before opacity_decay_stop,
+    # opacity <- opacity_decay * opacity, so floaters the views do not support fade. 1 = off.
+    opacity_decay: float = 1.0
+    opacity_decay_every: int = 1
+    opacity_decay_stop: int = 1_000_000
+
+
+@dataclass
+class BinocularConfig:
+    """Binocular consistency loss (Binocular3DGS): render a camera shifted sideways from the
+    training view, warp it back through the rendered depth, compare with the training image."""
+
+    enabled: bool = False
+    weight: float = 0.5
+    # Shift of the virtual camera as the disparity it gives at the rendered median depth,
+    # as a fraction of the image width (scale-free across scenes); the side is random.
+    disparity: float = 0.03
+    ssim_weight: float = 0.2  # D-SSIM share of the binocular loss
+    start: int = 300
+    every: int = 1  # one binocular term every this many steps
 
 
 @dataclass
@@ -143,6 +166,7 @@ class FitConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    binocular: BinocularConfig = field(default_factory=BinocularConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     regularise: RegulariseConfig = field(default_factory=RegulariseConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
