@@ -68,6 +68,9 @@ class DepthConfig:
     ranking_weight: float = 0.05
     ranking_pairs: int = 4096
     ranking_window: int = 8
+    # |rendered - prior| / prior where the prior is metric (stereo depth and the stereo points
+    # reprojected into pseudo views; never a monocular model's relative depth). 0 = off.
+    metric_weight: float = 0.0
     start: int = 0
     stop: int = 1_000_000
 
@@ -79,6 +82,9 @@ class PseudoConfig:
     start: int = 200
     weight: float = 0.5  # times the depth weights
     jitter: float = 0.02  # camera position noise, times scene extent
+    # Reprojected stereo points: drop those farther than the nearest point in this window
+    # (pixels), i.e. background showing through gaps of the foreground. 0 = keep all.
+    occlusion_window: int = 0
 
 
 @dataclass

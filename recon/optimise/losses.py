@@ -206,3 +206,15 @@ def binocular_loss(shifted: Tensor, depth: Tensor, target: Tensor, fx: float, ba
         filled = torch.where(valid[..., None], warped, target)
         loss = loss + ssim_weight * (1.0 - ssim(filled, target))
     return loss
+
+
+def metric_depth_loss(rendered: Tensor, prior: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean relative error ``|rendered - prior| / prior`` over valid pixels, for a prior in
+    the scene's own metric frame (multi-view stereo points, not a monocular guess): unlike
+    Pearson it also fixes the absolute depth, so a floater in front of the surface costs
+    its full error. rendered, prior: [H, W]; valid: [H, W] bool (defaults to both > 0)."""
+    if valid is None:
+        valid = (prior > 0) & (rendered.detach() > 0)
+    if int(valid.sum()) == 0:
+        return rendered.sum() * 0.0
+    return ((rendered[valid] - prior[valid]).abs() / prior[valid].clamp_min(_MIN_DEPTH)).mean()

@@ -57,3 +57,30 @@ def shifted_camera(cam: Camera, baseline: float) -> Camera:
     shift = torch.eye(4, dtype=cam.T_cam_world.dtype)
     shift[0, 3] = -baseline  # x_virtual = x_cam - baseline
     return Camera(cam.K, shift @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
+
+
+def reproject_points(points: Tensor, cam: Camera) -> Tensor:
+    """World points [M, 3] splatted into ``cam`` with a z-buffer (nearest point per pixel)
+    -> sparse z-depth [H, W], 0 where no point lands."""
+    p = points @ cam.T_cam_world[:3, :3].T + cam.T_cam_world[:3, 3]  # [M, 3]
+    z = p[:, 2]
+    uv = (p[:, :2] / z.clamp_min(1e-6)[:, None]) @ cam.K[:2, :2].T + cam.K[:2, 2]  # [M, 2]
+    u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    ok = (z > 1e-3) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+    flat = torch.full((cam.height * cam.width,), float("inf"), dtype=points.dtype)
+    flat = flat.scatter_reduce(0, v[ok] * cam.width + u[ok], z[ok], "amin")
+    return torch.where(torch.isfinite(flat), flat, 0.0).reshape(cam.height, cam.width)
+
+
+def drop_occluded(depth: Tensor, window: int = 5, tolerance: float = 0.05) -> Tensor:
+    """Sparse splatted depth [H, W] (0 = none) without the points that show through gaps
+    of a nearer surface: a pixel is kept only if its depth is within ``tolerance``
+    (relative) of the nearest depth in its ``window`` x ``window`` neighbourhood. Without
+    this, pseudo views far from the training views get background depth on foreground
+    surfaces, and a depth loss there pulls the surfaces back."""
+    if window <= 1:
+        return depth
+    inf = torch.where(depth > 0, depth, torch.full_like(depth, float("inf")))
+    nearest = -torch.nn.functional.max_pool2d(-inf[None, None], window, stride=1, padding=window // 2)[0, 0]
+    keep = (depth > 0) & (depth <= nearest * (1.0 + tolerance))
+    return torch.where(keep, depth, torch.zeros_like(depth))
