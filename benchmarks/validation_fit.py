@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import recon.pipeline as pipeline
+from recon import pipeline
 from recon.data import splits
 from recon.optimise.config import load_config
 

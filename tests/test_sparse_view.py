@@ -67,7 +67,7 @@ def test_shifted_camera_moves_points_left_by_the_disparity():
 def _stereo_pair(depth: float, fx: float = 80.0, baseline: float = 0.1, H: int = 24, W: int = 64):
     """A fronto-parallel textured plane seen by the source camera and one shifted right by
     ``baseline``: shifted(u') = source(u' + fx * baseline / depth)."""
-    f = lambda u: torch.stack([0.5 + 0.4 * torch.sin(0.37 * u), 0.5 + 0.3 * torch.cos(0.21 * u + 1),  # noqa: E731
+    f = lambda u: torch.stack([0.5 + 0.4 * torch.sin(0.37 * u), 0.5 + 0.3 * torch.cos(0.21 * u + 1),
                                0.5 + 0.2 * torch.sin(0.11 * u)], -1)
     u = torch.arange(W, dtype=torch.float32)[None, :].expand(H, W)
     return f(u), f(u + fx * baseline / depth), fx, baseline
@@ -76,7 +76,7 @@ def _stereo_pair(depth: float, fx: float = 80.0, baseline: float = 0.1, H: int =
 def test_binocular_loss_is_zero_at_the_true_depth_and_recovers_it():
     source, shifted, fx, b = _stereo_pair(depth=2.0)
     true = torch.full((24, 64), 2.0)
-    warped, valid = losses.warp_from_shifted(shifted, true, fx, b)
+    _, valid = losses.warp_from_shifted(shifted, true, fx, b)
     assert valid[:, :4].sum() == 0 and valid[:, 10:].all()  # 4 px disparity: the left edge has no match
     assert float(losses.binocular_loss(shifted, true, source, fx, b)) < 1e-5
     assert float(losses.binocular_loss(shifted, true * 1.3, source, fx, b)) > 0.02
@@ -108,13 +108,14 @@ def _points(view, stride=1):
 
 
 def test_reprojected_depth_without_occluded_points_matches_the_true_depth(scene):
-    from recon.optimise.sparse_view import drop_occluded, reproject_points
+    from recon.geometry import zbuffer_depth
+    from recon.optimise.sparse_view import drop_occluded
 
     # Points of two training views splatted into a third view: where the
     # foreground's splats leave gaps, background points show through.
     points = torch.cat([_points(scene.views[i])[0] for i in (0, 4)])
     target = scene.views[8]
-    raw = reproject_points(points, target.camera)
+    raw = zbuffer_depth(points, target.camera)
     filtered = drop_occluded(raw)
     truth = target.depth
 

@@ -59,19 +59,6 @@ def shifted_camera(cam: Camera, baseline: float) -> Camera:
     return Camera(cam.K, shift @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
 
 
-def reproject_points(points: Tensor, cam: Camera) -> Tensor:
-    """World points [M, 3] splatted into ``cam`` with a z-buffer (nearest point per pixel)
-    -> sparse z-depth [H, W], 0 where no point lands."""
-    p = points @ cam.T_cam_world[:3, :3].T + cam.T_cam_world[:3, 3]  # [M, 3]
-    z = p[:, 2]
-    uv = (p[:, :2] / z.clamp_min(1e-6)[:, None]) @ cam.K[:2, :2].T + cam.K[:2, 2]  # [M, 2]
-    u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-    ok = (z > 1e-3) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-    flat = torch.full((cam.height * cam.width,), float("inf"), dtype=points.dtype)
-    flat = flat.scatter_reduce(0, v[ok] * cam.width + u[ok], z[ok], "amin")
-    return torch.where(torch.isfinite(flat), flat, 0.0).reshape(cam.height, cam.width)
-
-
 def drop_occluded(depth: Tensor, window: int = 5, tolerance: float = 0.05) -> Tensor:
     """Sparse splatted depth [H, W] (0 = none) without the points that show through gaps
     of a nearer surface: a pixel is kept only if its depth is within ``tolerance``

@@ -9,14 +9,14 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from recon.errors import ReconError
 from recon.geometry import se3_exp, zbuffer_depth
-from recon.optimise import losses
+from recon.optimise import losses, sparse_view
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
@@ -128,10 +128,13 @@ class Trainer:
 
     # ---- losses -------------------------------------------------------------------------
 
-    def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float) -> Tensor:
+    def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float, metric: bool = False) -> Tensor:
+        """metric: the prior is in the scene's frame (stereo points), so depth.metric_weight applies."""
         c = self.cfg.depth
         valid = (prior > 0) & (depth.detach() > 0)  # [H, W]
         loss = depth.sum() * 0.0
+        if metric and kind == "depth" and c.metric_weight > 0:
+            loss = loss + c.metric_weight * losses.metric_depth_loss(depth, prior, valid)
         if c.pearson_weight > 0:
             loss = loss + c.pearson_weight * losses.pearson_depth_loss(depth, prior, kind, valid)
         if c.ranking_weight > 0:
@@ -162,8 +165,30 @@ class Trainer:
             pts = self.data.prior_points
             if pts is None or len(pts) == 0:
                 return None
-            prior, kind = zbuffer_depth(pts, cam), "depth"  # sparse depth of the prior points
+            # sparse depth of the prior points, without those seen through gaps of nearer ones
+            prior = sparse_view.drop_occluded(zbuffer_depth(pts, cam), c.occlusion_window)
+            return self._depth_terms(depth, prior, "depth", c.weight, metric=True)
         return self._depth_terms(depth, prior, kind, c.weight)
+
+    def _training_gaussians(self) -> Gaussians:
+        """The Gaussians of this step's training render: with dropout when configured."""
+        g, r = self.gaussians(), self.cfg.regularise
+        if not (r.enabled and r.dropout_rate > 0):
+            return g
+        return replace(g, opacity_logits=sparse_view.drop_gaussians(g.opacity_logits, r.dropout_rate, self.generator))
+
+    def _binocular_loss(self, it: int, sh: int, g: Gaussians, cam: Camera, depth: Tensor, gt: Tensor) -> Tensor | None:
+        c = self.cfg.binocular
+        if not (c.enabled and it >= c.start and it % c.every == 0):
+            return None
+        valid = depth.detach() > 0
+        if int(valid.sum()) < 16:
+            return None
+        fx = float(cam.K[0, 0])
+        side = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
+        baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
+        shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], self.render_settings(sh)).rgb[0]
+        return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
@@ -198,13 +223,16 @@ class Trainer:
         v = int(torch.randint(len(self.data.cameras), (1,), generator=self.generator))
         size, images, priors = self.pyramid.level(resolution_factor_at(it, cfg.optim.resolution_schedule))
         gt = images[v]  # [H, W, 3]
-        out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], self.render_settings(sh))
+        g, cam = self._training_gaussians(), self.train_camera(v, size)
+        out = self.render_fn(g, [cam], self.render_settings(sh))
         info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         rgb = out.rgb[0]  # [H, W, 3]
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
-            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0)
+            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
+        if (bino := self._binocular_loss(it, sh, g, cam, out.depth[0], gt)) is not None:
+            terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
@@ -224,6 +252,8 @@ class Trainer:
         self.pose_opt.zero_grad(set_to_none=True)
         if info is not None:
             self.densifier.post_backward(self.params, self.optimizers, it, info)
+        if r.enabled and r.opacity_decay < 1 and it % r.opacity_decay_every == 0 and it < r.opacity_decay_stop:
+            sparse_view.decay_opacities_(self.params["opacities"], r.opacity_decay)
         record = {k: float(t.detach()) for k, t in terms.items()}
         record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
         return record
