@@ -99,7 +99,7 @@ def run_fit_arms(iterations: int = 300, out_root: Path | None = None, width: int
             cfg = load_config("fast", common + extra)
             if extra == ["depth.model=oracle"]:
                 scene_views = pipeline._load(SPEC, cfg).views
-                depth_module.load_depth_prior = lambda *a, **k: OracleDepthPrior(scene_views)
+                depth_module.load_depth_prior = lambda *a, _views=scene_views, **k: OracleDepthPrior(_views)
             print(f"[bench_priors_fit] {arm} ...", flush=True)
             t = time.perf_counter()
             run = pipeline.fit_scene(SPEC, out_dir=out_root / arm.split(":")[0].split(" ")[0], config=cfg)

@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # bare `recon`: a usage error, as argparse's own (exit 2)
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: choose a command ({', '.join(COMMANDS)}); `recon --help` describes them",
+              file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except ReconError as exc:

@@ -209,25 +209,42 @@ def zbuffer_depth(points_world: Tensor, camera: Camera, near: float = 1e-3) -> T
     return torch.where(torch.isfinite(flat), flat, 0.0).reshape(camera.height, camera.width)
 
 
+# ---------------------------------------------------------------- where the cameras look
+
+
+def axes_meeting_point(centres: Tensor, axes: Tensor, min_spread: float = 0.02,
+                       min_in_front: float = 0.9) -> Tensor | None:
+    """The least-squares point nearest to every optical axis (what inward-facing cameras
+    look at), or None when there is no such point. centres, axes [V, 3] (axes: forward
+    directions, any norm); computed in their dtype.
+
+    Degenerate when the axes are (nearly) parallel: A = sum_v (I - a_v a_v^T) has
+    eigenvalues in [0, V], and its smallest one divided by V is the mean squared sine of
+    the angle between the axes and their least-spread direction, so ``min_spread`` = 0.02
+    rejects axes within ~8 degrees (rms) of one direction (forward-facing captures), at any
+    scene scale; a condition-number test depends on V and misses axes converging far away.
+    Also None unless the point is in front of more than ``min_in_front`` of the cameras
+    (diverging axes meet behind them)."""
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    eye = torch.eye(3, dtype=centres.dtype, device=centres.device)
+    proj = eye - axes[:, :, None] * axes[:, None, :]  # [V, 3, 3] projects onto the plane normal to each axis
+    A, b = proj.sum(0), (proj @ centres[:, :, None]).sum(0)[:, 0]
+    if len(centres) < 2 or float(torch.linalg.eigvalsh(A)[0]) < min_spread * len(centres):
+        return None
+    point = torch.linalg.solve(A, b)  # [3]
+    in_front = ((point - centres) * axes).sum(-1) > 0
+    return point if float(in_front.float().mean()) > min_in_front else None
+
+
 def viewed_ball(cameras: Sequence[Camera]) -> tuple[Tensor, float]:
     """(centre [3], radius) of the region the cameras look at, from the cameras alone:
-    the least-squares meeting point of the optical axes when they converge (object-centric
-    captures), else a point ahead of the cameras (forward-facing captures)."""
+    the point their optical axes meet (``axes_meeting_point``) when they converge
+    (object-centric captures), else a point ahead of the cameras (forward-facing captures)."""
     centres = torch.stack([c.centre.float() for c in cameras])  # [V, 3]
     axes = torch.stack([c.T_cam_world[2, :3].float() for c in cameras])  # [V, 3] optical axes
     axes = axes / axes.norm(dim=-1, keepdim=True)
     spread = max(float((centres - centres.mean(0)).norm(dim=-1).max()), 1e-3)
-    A = torch.zeros(3, 3)
-    b = torch.zeros(3)
-    for c, a in zip(centres, axes):
-        P = torch.eye(3) - torch.outer(a, a)  # projects onto the plane normal to the axis
-        A += P
-        b += P @ c
-    centre = None
-    if len(cameras) >= 2 and torch.linalg.cond(A) < 1e3:
-        centre = torch.linalg.solve(A, b)
-        if bool((((centre - centres) * axes).sum(-1) <= 0).any()):  # behind a camera: not a meeting point
-            centre = None
+    centre = axes_meeting_point(centres, axes)
     if centre is None:
         centre = centres.mean(0) + axes.mean(0) * 4 * spread
     radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)

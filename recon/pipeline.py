@@ -19,11 +19,13 @@ import torch
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.export import run_outputs
+from recon.export import report_html, run_outputs
 from recon.geometry import unproject_depth
-from recon.optimise.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recon.optimise.checkpoint import (earlier_total_seconds, find_resume_checkpoint, load_checkpoint, resume_record,
+                                      save_checkpoint)
 from recon.optimise.config import FitConfig, from_dict, load_config
 from recon.optimise.events import FitControl, FitFinished, FitListener
+from recon.optimise.memory import check_fit_memory, estimate_for_config
 from recon.optimise.trainer import TrainData, Trainer
 from recon.types import Camera, Gaussians, Scene, Split, View
 
@@ -177,6 +179,8 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
     generator = torch.Generator().manual_seed(cfg.seed)
     scene = _load(spec, cfg)
     split = _split(scene, cfg.data.protocol, cfg.data.views)
+    v0 = scene.views[0]  # before any heavy work: will the fit fit in memory? (names the setting to change)
+    check_fit_memory(estimate_for_config(cfg, v0.width, v0.height, len(scene.views), len(split.train)))
     if not scene.posed:
         scene = _recover_poses(scene, split, cfg)
     train, test = list(scene.subset(split.train)), list(scene.subset(split.test))
@@ -222,26 +226,32 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
                           refine_poses=refine_poses, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
-        initial = None
+        initial = resumed = None
+        earlier, session = 0.0, 1  # wall time of earlier sessions, up to the checkpoint resumed from
         if resume:
-            ckpt = latest_checkpoint(run)
+            ckpt, skipped = find_resume_checkpoint(run)  # skips (and warns about) a truncated newest one
             if ckpt is None:
-                warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning)
+                warnings.warn(f"{run} has no checkpoint yet; starting the fit from the beginning", RuntimeWarning,
+                              stacklevel=2)
             else:
                 state = load_checkpoint(ckpt)
                 trainer.load_state_dict(state)
                 initial = state.get("initial_test")
+                resumed = resume_record(ckpt, state, skipped, run)
+                earlier, session = earlier_total_seconds(state), resumed["session"]
         if initial is None and p.test:
             initial = _quick_psnr(render_fn, p.gaussians, p.test, trainer.render_settings(0))
         if not resume:
             run_outputs.write_scene_json(run, run_outputs.scene_record(spec, p.scene, p.split))
-        trainer.checkpoint_fn = lambda state: save_checkpoint(run, {**state, "initial_test": initial})
+        trainer.checkpoint_fn = lambda state: save_checkpoint(run, {
+            **state, "initial_test": initial, "sessions": session, "total_seconds": earlier + time.perf_counter() - t0})
         result = trainer.run(thumbnails=tuple(v.image for v in p.train), test_names=tuple(v.name for v in p.test),
                              test_cameras=tuple(v.camera for v in p.test))
         if trainer.is_finite():  # also after a stop, so `--resume` continues from here
             trainer.checkpoint_fn(trainer.state_dict())
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, p.test, result, render_fn,
-                                 trainer.render_settings(trainer.max_sh), initial, time.perf_counter() - t0)
+                                 trainer.render_settings(trainer.max_sh), initial, earlier + time.perf_counter() - t0,
+                                 resumed)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
@@ -250,7 +260,8 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
 
 
 def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
-                   result, render_fn, settings, initial: dict | None, total_seconds: float) -> dict:
+                   result, render_fn, settings, initial: dict | None, total_seconds: float,
+                   resumed: dict | None = None) -> dict:
     """Writes the run folder's results (files by recon.export) and returns metrics.json's contents."""
     from recon.export.ply import write_ply
 
@@ -259,7 +270,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     run_outputs.render_views(run, "train", g, train, result.cameras, render_fn, settings)
     preds = run_outputs.render_views(run, "test", g, test, [v.camera for v in test], render_fn, settings)
     metrics: dict = {"scene": str(scene.root) if scene.root else scene.format, "seed": cfg.seed,
-                     "iterations": result.iteration, "stopped_early": result.stopped}
+                     "iterations": result.iteration, "stopped_early": result.stopped, "resumed": resumed}
     if test:
         summary, per_view, impl = _test_metrics(split.protocol, test, preds)
         metrics.update(test=summary, test_views=per_view, test_initial=initial)
@@ -277,6 +288,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     run_outputs.write_metrics_json(run, metrics)
     run_outputs.write_run_cameras(run, train, result.cameras, test)
     run_outputs.training_curve(run / "training_curve.png", result.history)
+    report_html.write_report(run, ground_truth={v.name: v.image for v in test})
     return metrics
 
 
@@ -306,13 +318,14 @@ def _quick_psnr(render_fn, gaussians: Gaussians, views: list[View], settings) ->
 
 def _test_metrics(protocol: str, test: list[View], preds: list[Tensor]) -> tuple[dict, list[dict], dict]:
     from recon.evaluate.metrics import image_metrics, load_lpips, summarise
+    from recon.progress import track
 
     scorer, reason = load_lpips("alex")
     style = _METRIC_STYLE.get(protocol)
     if style is not None and any(v.mask is None for v in test):
         style = None  # no masks in this scene: full-image metrics only
     per_view = []
-    for v, p in zip(test, preds):
+    for v, p in track(list(zip(test, preds)), "scoring test views"):
         per_view.append({"name": v.name, **image_metrics(p, v.image, v.mask, style=style, lpips=scorer)})
     impl = {"psnr": "recon.evaluate.metrics.psnr", "ssim": "recon.evaluate.metrics.ssim (11x11 Gaussian)",
             "lpips": "alex" if scorer is not None else None, "style": style}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Test set-up on a fresh machine: a virtual environment with the package and its test
-# extras (torch pinned to the CPU wheel by constraints.txt), and, where we are root and it
-# is missing, Debian's chromium for the viewer's browser test (that test skips without it).
+# extras (torch pinned to the CPU wheel by constraints.txt; ruff and clang-format, which
+# .ci/run lints with, are among them), and, where we are root and it is missing, Debian's
+# chromium for the browser tests (viewer, report.html; they skip without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

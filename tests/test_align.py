@@ -95,7 +95,6 @@ def _blob_scene(n: int = 300) -> Gaussians:
 
 
 def test_photometric_refinement_reduces_error():
-    pytest.importorskip("recon.render")
     from recon.render import render
 
     gaussians = _blob_scene()

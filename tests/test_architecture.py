@@ -17,15 +17,15 @@ ROOT = Path(__file__).resolve().parents[1] / "recon"
 LAYERS: dict[str, int] = {
     # 0 shared: conventions, errors, colour maps
     "recon": 0,  # the package __init__ (version only)
-    "recon.types": 0, "recon.errors": 0, "recon.geometry": 0, "recon.visual": 0,
+    "recon.types": 0, "recon.errors": 0, "recon.geometry": 0, "recon.visual": 0, "recon.progress": 0,
     "recon.data": 1,
     "recon.priors": 2,
     "recon.init": 3,
     "recon.render": 4,
     "recon.optimise": 5,
-    # 6 what a run produces: file formats (PLY, mesh, cameras.json, run folder files) and
+    # 6 what a run produces: file formats (PLY, mesh, cameras.json, the run folder's files) and
     # image scores. Below the pipeline, which writes and scores every fit.
-    "recon.export": 6, "recon.runs": 6, "recon.evaluate.metrics": 6, "recon.evaluate.lpips": 6,
+    "recon.export": 6, "recon.evaluate.metrics": 6, "recon.evaluate.lpips": 6,
     "recon.pipeline": 7,
     # 8 consumers of fits and run folders: `recon eval`, benchmarks, reports, the viewer
     "recon.evaluate": 8, "recon.view": 8,

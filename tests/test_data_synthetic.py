@@ -87,9 +87,34 @@ def test_builtin_spec_is_normalised_and_still_consistent():
     ok = (z_b > 0) & ((z_pred - z_b).abs() < 0.02 * z_b)
     assert float(ok.float().mean()) > 0.5
     # the recorded normalisation maps normalised camera centres back to the world ones
-    raw = make_synthetic_scene(seed=0, n_views=6, width=96, height=72)
+    assert s.meta["layout"] == "forward"  # the built-in spec is the forward-facing capture
+    raw = make_synthetic_scene(seed=0, n_views=6, width=96, height=72, layout="forward")
     back = s.normalisation.to_world(centres.double())
     raw_centres = torch.stack([v.camera.centre.double() for v in raw.views])
     assert torch.allclose(back, raw_centres, atol=1e-4)
     lo, hi = np.array(s.meta["aabb"])
     assert (hi > lo).all() and np.abs(lo).max() < 1.0
+
+
+def test_forward_layout_is_an_llff_like_capture():
+    """builtin:synthetic imitates an LLFF capture: cameras on a narrow arc in front of the
+    objects, ordered along it, a textured wall behind (no sky: every pixel has a finite
+    depth) and the LLFF split testing views between the training ones."""
+    from recon.data.splits import llff_split
+
+    s = make_synthetic_scene(seed=0, n_views=24, width=64, height=48, layout="forward")
+    assert s.meta["layout"] == "forward"
+    centres = torch.stack([v.camera.centre.double() for v in s.views])
+    azimuth = torch.rad2deg(torch.atan2(centres[:, 1], centres[:, 0]))
+    assert bool((azimuth[1:] > azimuth[:-1]).all())  # ordered along the sweep
+    assert 30 < float(azimuth[-1] - azimuth[0]) < 45  # a forward-facing spread, not an orbit
+    for v in s.views:
+        assert bool((v.depth > 0).all())  # wall and ground everywhere: no sky
+        assert 0.05 < float(v.mask.float().mean()) < 0.5  # the wall is backdrop, not object
+    split = llff_split(len(s), 3)
+    train_az = sorted(float(azimuth[i]) for i in split.train)
+    inside = [train_az[0] - 3 <= float(azimuth[i]) <= train_az[-1] for i in split.test]
+    assert all(inside)  # test views interpolate between training views (at most a few degrees outside)
+    # the orbit layout (make_synthetic_scene's default) is unchanged by the forward option
+    orbit = make_synthetic_scene(seed=0, n_views=3, width=32, height=24)
+    assert orbit.meta["layout"] == "orbit" and bool((orbit.views[0].depth == 0).any())

@@ -158,3 +158,55 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncat
         assert resume(run) == 0
     assert (run / "point_cloud.ply").read_bytes() == reference
     assert is_complete(list_checkpoints(run)[-1])  # the resumed fit rewrote it
+
+
+# ---- time accounting across resumes ------------------------------------------------------
+
+
+class _SlowThenStop:
+    """Listener: makes each step slow (a busy machine) and stops the fit at ``stop_at``."""
+
+    def __init__(self, control, stop_at: int, delay: float) -> None:
+        self.control, self.stop_at, self.delay = control, stop_at, delay
+
+    def on_start(self, event) -> None:
+        pass
+
+    def on_step(self, event) -> None:
+        import time
+
+        time.sleep(self.delay)
+        if event.iteration >= self.stop_at:
+            self.control.stop()
+
+    def on_finish(self, event) -> None:
+        pass
+
+
+def test_resumed_run_accounts_time_across_sessions_and_says_it_was_resumed(tmp_path):
+    import json
+
+    from recon.optimise.config import load_config
+    from recon.optimise.events import FitControl
+    from recon.pipeline import fit_scene
+
+    overrides = [a for a in TINY_FIT[TINY_FIT.index("--set"):] if a != "--set"]
+    config = load_config("fast", overrides)
+    run = tmp_path / "run"
+    control = FitControl()
+    # A long first session (0.2 s per step, as on a busy machine), stopped at iteration 50 of 60.
+    fit_scene("builtin:synthetic", out_dir=run, config=config, views=3,
+              listeners=[_SlowThenStop(control, 50, 0.2)], control=control)
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["resumed"] is None and first["fit_seconds"] >= 10.0
+    fit_scene("builtin:synthetic", out_dir=run, resume=True)
+    second = json.loads((run / "metrics.json").read_text())
+    assert second["iterations"] == ITERATIONS
+    resumed = second["resumed"]
+    assert resumed["from_iteration"] == 50 and resumed["checkpoint"] == "checkpoints/step_0000050.pt"
+    assert resumed["session"] == 2 and resumed["skipped_incomplete"] == []
+    # Both clocks include the first session (up to its checkpoint), and fit time <= total time.
+    assert resumed["earlier_fit_seconds"] >= 10.0 and resumed["earlier_total_seconds"] >= resumed["earlier_fit_seconds"]
+    assert second["fit_seconds"] >= resumed["earlier_fit_seconds"]
+    assert second["fit_seconds"] <= second["total_seconds"]
+    assert second["total_seconds"] >= first["total_seconds"] - 1.0  # (minus the first session's evaluation)

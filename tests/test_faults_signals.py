@@ -166,10 +166,16 @@ def finished_run(tmp_path_factory) -> Path:
     import torch
 
     from recon.export.ply import write_ply
-    from recon.types import Gaussians
+    from recon.geometry import look_at
+    from recon.export.cameras_json import NamedCamera, write_cameras_json
+    from recon.types import Camera, Gaussians
 
     run = tmp_path_factory.mktemp("view") / "run"
     run.mkdir()
+    K = torch.tensor([[40.0, 0.0, 32.0], [0.0, 40.0, 24.0], [0.0, 0.0, 1.0]])
+    write_cameras_json(run / "cameras.json", [
+        NamedCamera(f"v{i}", "train", Camera(K, look_at(torch.tensor([2.0 * i - 2.0, -0.3, -2.0]), torch.zeros(3),
+                                                        torch.tensor([0.0, -1.0, 0.0])), 64, 48)) for i in range(3)])
     gen = torch.Generator().manual_seed(0)
     n = 200
     write_ply(run / "point_cloud.ply", Gaussians(
@@ -220,3 +226,30 @@ def test_finished_fit_keeps_serving_until_sigterm_under_a_parent_that_ignores_si
         fit.kill()
     assert rc == 0, fit.output
     assert "viewer: stopping" in fit.output and not _port_open(port)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid``, once it has exec'd recon, has a handler installed for
+    ``signum`` (/proc SigCgt mask; the launcher before its exec has Python's own)."""
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] != [b"-m", b"recon.cli"]:
+            return False
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+def test_path_video_is_interrupted_at_once_under_a_parent_that_ignores_sigint(finished_run, tmp_path):
+    video = Proc(["view", str(finished_run), "--path-video", str(tmp_path / "path.gif"), "--frames", "100000",
+                  "--size", "64"])
+    try:
+        video.wait_for(lambda: _catches(video.proc.pid, signal.SIGINT), what="the SIGINT handler")
+        time.sleep(1.0)
+        video.proc.send_signal(signal.SIGINT)
+        rc = video.wait(timeout=60)
+    finally:
+        video.kill()
+    assert rc == 130, video.output
+    assert "SIGINT: interrupted" in video.output

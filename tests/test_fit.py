@@ -244,9 +244,9 @@ def test_recon_fit_end_to_end(tmp_path, capsys):
             "--set", "densify.refine_start=20", "--set", "densify.refine_every=20", "--set", "pseudo.start=10"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "PSNR" in out and "Gaussians" in out
+    assert "PSNR" in out and "Gaussians" in out and str(run / "report.html") in out  # the summary names the report
     for name in ("config.yaml", "point_cloud.ply", "metrics.json", "cameras.json", "scene.json",
-                 "training_curve.png", "log.jsonl"):
+                 "training_curve.png", "log.jsonl", "report.html"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["num_views"] == 3 and metrics["seed"] == 0

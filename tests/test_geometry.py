@@ -7,8 +7,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon.geometry import (
-    invert_pose, is_rotation, look_at, make_pose, opengl_to_opencv, pixel_centres, project, quat_to_rotmat,
-    rotmat_to_quat, se3_exp, so3_exp, umeyama, unproject_depth, world_to_camera, zbuffer_depth,
+    invert_pose,
+    is_rotation,
+    look_at,
+    make_pose,
+    opengl_to_opencv,
+    pixel_centres,
+    project,
+    quat_to_rotmat,
+    rotmat_to_quat,
+    se3_exp,
+    so3_exp,
+    umeyama,
+    unproject_depth,
+    world_to_camera,
+    zbuffer_depth,
 )
 
 floats = st.floats(-1.0, 1.0, allow_nan=False, width=32)
@@ -100,3 +113,18 @@ def test_zbuffer_depth_keeps_the_nearest_point_per_pixel():
     expected[3, 4] = 1.0  # nearer of the two on the axis
     expected[3, 5] = 1.0  # (0.15, 0.05, 1) lands at u = 5.5, v = 3.5
     torch.testing.assert_close(d, expected)  # behind the camera and off-image points are dropped
+
+
+def test_axes_meeting_point_finds_the_target_and_rejects_parallel_or_diverging_axes():
+    from recon.geometry import axes_meeting_point
+
+    eyes = torch.tensor([[3.0, 0.0, 0.5], [0.0, 3.0, -0.5], [-3.0, 0.5, 0.0], [0.2, -3.0, 0.3]], dtype=torch.float64)
+    target = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    torch.testing.assert_close(axes_meeting_point(eyes, target - eyes), target)
+    # forward-facing: axes within ~3 degrees of one direction, at any scale -> None
+    forward = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) + 0.05 * torch.randn(4, 3, dtype=torch.float64,
+                                                                                     generator=torch.Generator().manual_seed(0))
+    assert axes_meeting_point(eyes * 1e-3, forward) is None
+    assert axes_meeting_point(eyes * 1e3, forward) is None
+    assert axes_meeting_point(eyes, eyes - target) is None  # looking away: the axes meet behind the cameras
+    assert axes_meeting_point(eyes[:1], target - eyes[:1]) is None  # one camera has no meeting point

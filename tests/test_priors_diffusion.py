@@ -15,9 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from recon.errors import ConfigError, MissingDependencyError, ReconError  # noqa: E402
-from recon.priors.diffusion import (  # noqa: E402
-    DiffusionSchedule, Img2ImgRefiner, PseudoViewCache, VideoEnhancer, diffusion_weight, refresh_due,
-)
+from recon.priors.diffusion import Img2ImgRefiner  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -149,67 +147,6 @@ def test_bad_image_shape(tiny_sd):
     refiner = Img2ImgRefiner.from_pretrained(tiny_sd[0], steps=2)
     with pytest.raises(ReconError, match=r"\[B, H, W, 3\]"):
         refiner.refine(torch.rand(2, 3, 16, 16))
-
-
-def test_weight_schedule():
-    cfg = DiffusionSchedule(every=100, start=200, stop=1000, weight=0.2, warmup=100, final_weight=0.0)
-    assert diffusion_weight(199, cfg) == 0.0
-    assert diffusion_weight(249, cfg) == pytest.approx(0.1)  # half-way up the warm-up
-    assert diffusion_weight(300, cfg) == pytest.approx(0.2)  # peak
-    assert diffusion_weight(650, cfg) == pytest.approx(0.1)  # half-way down the decay
-    assert diffusion_weight(1000, cfg) == pytest.approx(0.0) and diffusion_weight(1001, cfg) == 0.0
-    # Any object or dict with the same keys works (e.g. the fit config's diffusion section).
-    assert diffusion_weight(300, {"start": 200, "weight": 0.2, "warmup": 0}) == pytest.approx(0.2)
-    assert [i for i in range(0, 600) if refresh_due(i, cfg)] == [200, 300, 400, 500]
-
-
-def test_pseudo_view_cache_refines_once_per_bucket(tiny_sd):
-    refiner = Img2ImgRefiner.from_pretrained(tiny_sd[0], strength=0.5, steps=2)
-    rendered = []
-
-    def render(view_ids):
-        rendered.append(list(view_ids))
-        return torch.stack([torch.full((16, 16, 3), 0.1 * (1 + v)) for v in view_ids])
-
-    cache = PseudoViewCache(every=100)
-    a = cache.get_or_refine(100, [0, 1], render, refiner)
-    b = cache.get_or_refine(150, [1, 0, 2], render, refiner)  # same bucket: only view 2 is new
-    assert rendered == [[0, 1], [2]]
-    assert torch.equal(b[0], a[1]) and torch.equal(b[1], a[0])
-    assert a.shape == (2, 16, 16, 3)
-    cache.get_or_refine(200, [0], render, refiner)  # next bucket: refreshed, the old one dropped
-    assert rendered[-1] == [0] and len(cache) == 1
-    # Per-view seeds: two views with identical renders still get different noise.
-    same = PseudoViewCache(every=100).get_or_refine(0, ["left", "right"], lambda ids: torch.full((len(ids), 16, 16, 3), 0.5), refiner)
-    assert not torch.allclose(same[0], same[1])
-    with pytest.raises(ConfigError):
-        PseudoViewCache(every=0)
-
-
-def test_video_enhancer_explains_what_it_needs(tmp_path, tiny_sd):
-    with pytest.raises(MissingDependencyError, match="no model_index.json"):
-        VideoEnhancer.from_pretrained(tmp_path)
-    # An image pipeline is not a video-to-video pipeline.
-    with pytest.raises(MissingDependencyError, match="holds a StableDiffusionImg2ImgPipeline pipeline"):
-        VideoEnhancer.from_pretrained(tiny_sd[0])
-
-
-def test_video_enhancer_runs_a_tiny_video_to_video_pipeline(tmp_path):
-    from diffusers import UNet3DConditionModel, VideoToVideoSDPipeline
-
-    parts = _tiny_parts(tmp_path)
-    parts["unet"] = UNet3DConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
-    VideoToVideoSDPipeline(**parts).save_pretrained(tmp_path / "video")
-    enhancer = VideoEnhancer.from_pretrained(tmp_path / "video", strength=0.5, steps=2, seed=1)
-    frames = torch.rand(3, 20, 28, 3, generator=torch.Generator().manual_seed(0))
-    out = enhancer.enhance(frames)
-    assert out.shape == (3, 20, 28, 3) and 0 <= float(out.min()) and float(out.max()) <= 1
-    assert torch.equal(enhancer.enhance(frames), out)  # deterministic with the seed
-    with pytest.raises(ReconError, match=r"\[T, H, W, 3\]"):
-        enhancer.enhance(torch.rand(3, 20, 28))
 
 
 def test_fit_uses_the_refiner_with_the_configured_settings(tiny_sd, tmp_path, monkeypatch):

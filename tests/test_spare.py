@@ -92,7 +92,6 @@ def test_submission_check_finds_problems(tmp_path):
 
 def test_end_to_end_fit_render_score_zip(scene, root, tmp_path):
     """The real pipeline, a few iterations: the path is under test, not the fit quality."""
-    pytest.importorskip("recon.pipeline")
     overrides = ["optim.iterations=10", "densify.enabled=false", "init.method=random", "init.random_points=2000",
                  "depth.enabled=false", "pseudo.enabled=false"]
     result = spare.run_spare(root, tmp_path / "out", track=1, config="fast", overrides=overrides)

@@ -9,12 +9,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-
-viser = pytest.importorskip("viser")
-websockets = pytest.importorskip("websockets")
+import viser
 
 from recon.view.access import cookie_name
 from recon.view.server import ViewerServer
+
+websockets = pytest.importorskip("websockets")  # a dev dependency
 
 
 def _get(url: str, cookie: str | None = None) -> tuple[int, dict, str]:

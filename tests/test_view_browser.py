@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,33 @@ def _chromium() -> str:
     if not path:
         pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; or set RECON_CHROMIUM)")
     return path
+
+
+@contextmanager
+def browser(tmp_path: Path, viewport=(400, 300)):
+    """A headless Chromium context (skips when playwright or the browser is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    chromium = _chromium()
+    with sync_api.sync_playwright() as pw:
+        try:
+            context = pw.chromium.launch_persistent_context(
+                tempfile.mkdtemp(prefix="recon-chromium-", dir=tmp_path), executable_path=chromium,
+                headless=True, args=CHROMIUM_FLAGS, viewport={"width": viewport[0], "height": viewport[1]})
+        except Exception as exc:  # noqa: BLE001 - a browser that cannot start is an environment issue
+            pytest.skip(f"{chromium} could not start: {str(exc).splitlines()[0]}")
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def wait_until(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def coloured_sphere(n: int = 3000) -> Gaussians:
@@ -81,9 +110,18 @@ def test_browser_shows_the_splats(tmp_path: Path):
                 page.goto(server.url)
                 page.wait_for_selector("canvas", timeout=60_000)
                 assert server.wait_for_clients(1, timeout=60), console
-                # Software WebGL is slow: wait until the splats have been sorted and drawn.
-                page.wait_for_timeout(6000)
-                page.screenshot(path=str(shot))
+                # Software WebGL is slow (and slower on a busy machine): wait until the splats
+                # have been sorted and drawn, i.e. the image centre is coloured, up to 60 s.
+                import imageio.v3 as iio
+
+                page.wait_for_timeout(3000)
+                deadline = time.monotonic() + 60
+                while True:
+                    page.screenshot(path=str(shot))
+                    centre = iio.imread(shot)[H // 2 - 60:H // 2 + 60, W // 2 - 60:W // 2 + 60, :3].astype(float)
+                    if (centre.max(-1) - centre.min(-1)).mean() > 40 or time.monotonic() > deadline:
+                        break
+                    page.wait_for_timeout(1000)
             finally:
                 context.close()
     finally:
@@ -144,3 +182,88 @@ def test_browser_off_loopback_connects_only_with_the_token(tmp_path: Path):
     finally:
         scene.close()
         server.stop()
+
+
+def _ring_cameras(n: int = 3, width: int = 400, height: int = 300) -> tuple[Camera, ...]:
+    f = 0.5 * height / math.tan(math.radians(25))
+    K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    return tuple(Camera(K, look_at(torch.tensor([2.0 * math.sin(a), -0.5, -2.0 * math.cos(a)]), torch.zeros(3),
+                                   torch.tensor([0.0, -1.0, 0.0])), width, height)
+                 for a in np.linspace(0.0, 1.0, n))
+
+
+def test_two_browsers_start_at_the_input_camera_and_each_gets_server_renders(tmp_path: Path):
+    """Through viser's public server API: each browser reports its own camera (starting at the
+    first input camera), and in rgb mode the server renders for every connected browser."""
+    from recon.view.scene import CameraSet, SceneView
+    from recon.view.server import ViewerServer
+
+    cams = _ring_cameras()
+    server = ViewerServer(port=0, announce=False)
+    scene = SceneView(server, render_budget=1.0)
+    try:
+        scene.set_gaussians(coloured_sphere(500))
+        scene.set_cameras(CameraSet(cams, ("a", "b", "c")))
+        with browser(tmp_path) as context:
+            pages = [context.new_page() for _ in range(2)]
+            for page in pages:
+                page.goto(server.url)
+            assert server.wait_for_clients(2, timeout=90)
+            clients = list(server.viser.get_clients().values())
+            for client in clients:  # the initial camera is the first input camera
+                assert wait_until(lambda c=client: np.allclose(c.camera.position, cams[0].centre.numpy(), atol=1e-3))
+            scene.mode.value = "rgb"
+            assert wait_until(lambda: all(scene.renders_by_client.get(c.client_id, 0) >= 1 for c in clients), 90), \
+                scene.renders_by_client
+            # "Snap to input view", clicked in one page, moves only that browser's camera.
+            scene.input_view.value = "train: c"
+            pages[1].get_by_role("button", name="Snap to input view").click(timeout=60_000)
+            at_c = lambda c: np.allclose(c.camera.position, cams[2].centre.numpy(), atol=1e-3)
+            assert wait_until(lambda: sum(at_c(c) for c in clients) == 1, 60)
+            # Moving one browser's camera (server side, public API) renders for that browser only.
+            before = dict(scene.renders_by_client)
+            mover = clients[0]
+            with mover.atomic():
+                mover.camera.position = tuple(cams[2].centre.tolist())
+                mover.camera.look_at = (0.0, 0.0, 0.0)
+            assert wait_until(lambda: scene.renders_by_client[mover.client_id] > before[mover.client_id], 60)
+    finally:
+        scene.close()
+        server.stop()
+
+
+def test_browser_pause_resume_and_stop_buttons_drive_the_fit(tmp_path: Path):
+    """The live viewer's buttons, clicked in a real page, pause, resume and stop the fit."""
+    from recon.optimise.events import FitControl, FitStarted, StepEvent
+    from recon.view.live import LiveViewer
+
+    g, cams = coloured_sphere(300), _ring_cameras()
+    control = FitControl()
+    viewer = LiveViewer(port=0, control=control, update_every=0.2, panel_interval=0.0, announce=False)
+    try:
+        viewer.on_start(FitStarted(run_dir="/tmp/run", train_cameras=cams, train_names=("a", "b", "c"),
+                                   test_cameras=(), test_names=(), total_iterations=1000))
+        with browser(tmp_path, viewport=(1000, 700)) as context:
+            page = context.new_page()
+            page.goto(viewer.server.url)
+            assert viewer.server.wait_for_clients(1, timeout=90)
+            # A connected browser gets snapshots, at most one per update_every (0.2 s) plus the
+            # one on connect: the trainer's Gaussians are not copied at every step.
+            snapshots = []
+            source = lambda: snapshots.append(1) or g
+            start, i = time.monotonic(), 1
+            while time.monotonic() - start < 1.0 or i < 50:
+                viewer.on_step(StepEvent(i, 1000, 1.0 / i, 10.0, len(g), 0, i * 0.01, source))
+                i += 1
+                time.sleep(0.005)
+            elapsed = time.monotonic() - start
+            assert 1 <= len(snapshots) <= 2 + elapsed / 0.2, (len(snapshots), i, elapsed)
+            assert wait_until(lambda: viewer.pushes >= 1)
+            page.get_by_role("button", name="Pause").click(timeout=60_000)
+            assert wait_until(lambda: control.paused)
+            page.get_by_role("button", name="Resume").click(timeout=60_000)
+            assert wait_until(lambda: not control.paused)
+            page.get_by_role("button", name="Stop (saves a checkpoint)").click(timeout=60_000)
+            assert wait_until(lambda: control.stop_requested)
+    finally:
+        viewer.close()

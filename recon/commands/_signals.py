@@ -132,10 +132,13 @@ class FitInterrupt:
 class StopServing:
     """For a viewer: any SIGINT/SIGTERM makes ``serve_forever`` return (the command then
     exits 0). Install it before the server exists; ``attach(server.request_stop)`` once it
-    does (a signal that came earlier stops it straight away)."""
+    does (a signal that came earlier stops it straight away). With ``serving=False`` (a
+    command that only renders, e.g. a path video) there is nothing to stop cleanly, so a
+    signal exits at once with 128 + its number."""
 
-    def __init__(self) -> None:
+    def __init__(self, serving: bool = True) -> None:
         self.requested = False
+        self.serving = serving
         self._stop: Callable[[], None] | None = None
 
     def installed(self):
@@ -147,6 +150,9 @@ class StopServing:
             stop()
 
     def _first(self, signum: int) -> None:
+        if not self.serving:
+            _say(f"{signal_name(signum)}: interrupted")
+            raise SystemExit(exit_code(signum))
         _say(f"viewer: {signal_name(signum)}, stopping")
         self.requested = True
         if self._stop is not None:

@@ -6,12 +6,10 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from recon.commands.choices import PROTOCOLS  # recon.data.splits.PROTOCOLS without importing torch
+
 if TYPE_CHECKING:  # keep `recon --help` free of torch imports
     from recon.types import Scene, Split
-
-# Same as recon.data.splits.PROTOCOLS (a test checks it); repeated so `recon --help` does
-# not import the data stage.
-PROTOCOLS = ("auto", "llff", "dtu", "blender8", "spare", "farthest")
 
 
 def register(subparsers) -> None:

@@ -47,7 +47,8 @@ def _default_path_kind(cameras) -> str:
 def handler(args: argparse.Namespace) -> int:
     from recon.commands._signals import StopServing
 
-    stop = StopServing()  # SIGINT/SIGTERM end the viewer, also when the parent ignores SIGINT
+    # SIGINT/SIGTERM end the viewer (exit 0) or a path video (at once), also when the parent ignores SIGINT.
+    stop = StopServing(serving=not args.path_video)
     with stop.installed():
         return _serve_or_render(args, stop)
 

@@ -1,8 +1,10 @@
 """COLMAP sparse models (text or binary, read by pycolmap): ``sparse/0/`` (or ``sparse/``,
 or the folder itself) with cameras, images and points3D, and the photographs in
 ``images/`` (or ``images=`` another folder). Images whose size differs from the COLMAP
-camera (e.g. ``images_4``) get K rescaled. The sparse points are kept in
-``meta["points"]`` [M, 3] and ``meta["point_colors"]`` [M, 3] (for initialisation)."""
+camera (e.g. ``images_4``) get K rescaled. Distorted cameras (``SIMPLE_RADIAL``, ``RADIAL``,
+``OPENCV``) are undistorted on load (recon/data/undistort.py; ``undistort=False`` keeps the
+coefficients in ``Camera.distortion``). The sparse points are kept in ``meta["points"]``
+[M, 3] and ``meta["point_colors"]`` [M, 3] (for initialisation)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from recon.types import Scene, View
 
 from .common import check_pose, check_same_size, finish_scene, make_camera, read_many, require_dir
 from .detect import find_colmap_model
+from .undistort import undistort_view
 
 # COLMAP model name -> (fx, fy, cx, cy, k1, k2, p1, p2) from its parameter vector
 _MODELS = {
@@ -37,7 +40,8 @@ def camera_intrinsics(camera, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_colmap(
-    root: Path, *, model: str | None = None, images: str = "images", normalise=True, downscale: float = 1.0, width: int | None = None
+    root: Path, *, model: str | None = None, images: str = "images", undistort: bool = True, normalise=True,
+    downscale: float = 1.0, width: int | None = None,
 ) -> Scene:
     import pycolmap
 
@@ -59,7 +63,7 @@ def load_colmap(
         raise SceneError(f"{len(absent)} images of the COLMAP model are missing from {image_dir} (e.g. {absent[0]}); pass images= the folder that holds them")
     arrays = read_many(paths, desc=f"reading {image_dir.name}")
     w, h = check_same_size(arrays, paths)
-    views = []
+    views, maps, undistorted = [], {}, 0
     for (name, img), path, arr in zip(entries, paths, arrays):
         cam = rec.cameras[img.camera_id]
         K, dist = camera_intrinsics(cam, f"{model_dir} image {name}")
@@ -70,8 +74,13 @@ def load_colmap(
         camera = make_camera(K, T, cam.width, cam.height, dist)
         if (cam.width, cam.height) != (w, h):
             camera = camera.scaled(w, h)
-        views.append(View(name=Path(name).stem, image=torch.from_numpy(arr), camera=camera, path=path))
-    meta: dict = {"model": str(model_dir.relative_to(root)) if model_dir != root else "."}
+        view = View(name=Path(name).stem, image=torch.from_numpy(arr), camera=camera, path=path)
+        if undistort and camera.distortion is not None:
+            view = undistort_view(view, camera.distortion.double().numpy(), maps)
+            undistorted += 1
+        views.append(view)
+    meta: dict = {"model": str(model_dir.relative_to(root)) if model_dir != root else ".",
+                  "undistorted_views": undistorted}
     if rec.num_points3D():
         pts = list(rec.points3D.values())
         meta["points"] = torch.tensor(np.array([p.xyz for p in pts]), dtype=torch.float32)  # [M, 3]

@@ -19,11 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from recon.errors import SceneError
-from recon.geometry import is_rotation
+from recon.geometry import axes_meeting_point, is_rotation
 from recon.types import Camera, Normalisation, Scene, Split, View
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# Above this many images a progress bar is shown (only on a terminal: tqdm's disable=None).
+# Above this many images a progress bar is shown (recon.progress: drawn only on a terminal).
 PROGRESS_MIN_IMAGES = 16
 
 
@@ -83,13 +83,12 @@ def read_gray(path: Path) -> np.ndarray:
 def read_many(paths: list[Path], reader=read_image, desc: str = "reading images") -> list[np.ndarray]:
     """Read files in parallel threads (decoders release the GIL) with a progress bar
     for long lists on a terminal."""
-    from tqdm.auto import tqdm
+    from recon.progress import track
 
     workers = min(8, os.cpu_count() or 1, max(1, len(paths)))
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(reader, paths)
-        disable = None if len(paths) >= PROGRESS_MIN_IMAGES else True
-        return list(tqdm(it, total=len(paths), desc=desc, unit="img", disable=disable, leave=False))
+        return list(track(it, desc, total=len(paths), enabled=len(paths) >= PROGRESS_MIN_IMAGES))
 
 
 def check_same_size(arrays: list[np.ndarray], paths: list[Path]) -> tuple[int, int]:
@@ -194,29 +193,15 @@ def resize_view(view: View, width: int, height: int) -> View:
 # ---------------------------------------------------------------- normalisation
 
 
-def focus_point(views: tuple[View, ...] | list[View], min_spread: float = 0.02) -> Tensor | None:
-    """[3] least-squares point nearest to every optical axis (what inward-facing cameras
-    look at), or None when the axes are near-parallel (forward-facing captures) or the
-    point is behind the cameras."""
-    centres = torch.stack([v.camera.centre.double() for v in views])  # [N, 3]
-    axes = torch.stack([v.camera.T_cam_world[2, :3].double() for v in views])  # [N, 3] forward
-    axes = axes / axes.norm(dim=-1, keepdim=True)
-    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # [N, 3, 3]
-    A, b = proj.sum(0), (proj @ centres[:, :, None]).sum(0)[:, 0]
-    if float(torch.linalg.eigvalsh(A)[0]) < min_spread * len(views):  # axes (almost) parallel
-        return None
-    point = torch.linalg.solve(A, b)  # [3]
-    in_front = ((point - centres) * axes).sum(-1) > 0
-    return point if float(in_front.float().mean()) > 0.9 else None
-
-
 def camera_normalisation(views: tuple[View, ...] | list[View]) -> Normalisation:
     """Centre at the point the cameras look at (inward-facing captures) or else the mean
     camera centre (forward-facing); scale so the camera centres fit in a unit sphere
     around it (10% margin). Computed from every view (not the split) so it never depends
     on which views are held out. One camera (or coincident ones) keeps scale 1."""
     centres = torch.stack([v.camera.centre.double() for v in views])  # [N, 3]
-    focus = focus_point(views) if len(views) >= 3 else None
+    axes = torch.stack([v.camera.T_cam_world[2, :3].double() for v in views])  # [N, 3] forward
+    # where inward-facing cameras look; None for forward-facing ones
+    focus = axes_meeting_point(centres, axes) if len(views) >= 3 else None
     centre = focus if focus is not None else centres.mean(0)
     radius = float((centres - centre).norm(dim=-1).max()) * 1.1
     scale = 1.0 / radius if radius > 1e-9 else 1.0

@@ -1,8 +1,10 @@
 """nerfstudio / instant-ngp ``transforms.json``: OpenGL camera-to-world
 ``transform_matrix`` per frame; intrinsics shared at the top level or per frame
 (``fl_x, fl_y, cx, cy, w, h``; instant-ngp may give ``camera_angle_x``/``_y`` instead);
-OpenCV distortion ``k1, k2, p1, p2``; optional ``mask_path`` and ``depth_file_path``
-(scaled by ``depth_unit_scale_factor``, default 1e-3 as nerfstudio: millimetres)."""
+OpenCV distortion ``k1, k2, p1, p2`` (and ``k3``): the images are undistorted on load
+(recon/data/undistort.py; ``undistort=False`` keeps them and the coefficients in
+``Camera.distortion``); optional ``mask_path`` and ``depth_file_path`` (scaled by
+``depth_unit_scale_factor``, default 1e-3 as nerfstudio: millimetres)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,17 @@ from recon.errors import SceneError
 from recon.types import Scene, View
 
 from .blender import frame_image_path, read_json
-from .common import c2w_opengl_to_w2c_opencv, check_pose, check_same_size, finish_scene, make_camera, read_gray, read_many, require_dir
+from .common import (
+    c2w_opengl_to_w2c_opencv,
+    check_pose,
+    check_same_size,
+    finish_scene,
+    make_camera,
+    read_gray,
+    read_many,
+    require_dir,
+)
+from .undistort import undistort_view
 
 SUPPORTED_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", None)
 
@@ -42,12 +54,13 @@ def _intrinsics(frame: dict, top: dict, w: int, h: int, where: str) -> tuple[np.
     if file_w and file_h and (int(file_w), int(file_h)) != (w, h):  # images downscaled after capture
         K[0] *= w / float(file_w)
         K[1] *= h / float(file_h)
-    dist = np.array([float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2")])
+    dist = np.array([float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2", "k3")])  # OpenCV order
     return K, dist
 
 
 def load_nerfstudio(
-    root: Path, *, transforms: str = "transforms.json", normalise=True, downscale: float = 1.0, width: int | None = None
+    root: Path, *, transforms: str = "transforms.json", undistort: bool = True, normalise=True, downscale: float = 1.0,
+    width: int | None = None,
 ) -> Scene:
     root = require_dir(root)
     meta_path = root / transforms
@@ -66,7 +79,7 @@ def load_nerfstudio(
         c2ws.append(np.asarray(frame["transform_matrix"], dtype=np.float64))
     arrays = read_many(paths, desc="reading images")
     w, h = check_same_size(arrays, paths)
-    views = []
+    views, maps, undistorted = [], {}, 0
     for k, (frame, path, arr, c2w) in enumerate(zip(frames, paths, arrays, c2ws)):
         where = f"{meta_path} frame {k} ({path.name})"
         if c2w.shape not in ((4, 4), (3, 4)):
@@ -80,8 +93,18 @@ def load_nerfstudio(
             mask = torch.from_numpy(m >= 0.5)
         if frame.get("depth_file_path"):
             depth = torch.from_numpy(_read_depth(root / frame["depth_file_path"], float(top.get("depth_unit_scale_factor", 1e-3))))
-        views.append(View(name=path.stem, image=torch.from_numpy(arr), camera=make_camera(K, T, w, h, dist), mask=mask, depth=depth, path=path))
-    return finish_scene(views, format="nerfstudio", root=root, normalise=normalise, downscale=downscale, width=width, meta={"transforms": transforms})
+        if not undistort and dist[4] != 0:
+            raise SceneError(f"{where}: k3 is set, but undistort=False keeps only k1 k2 p1 p2; undistort on load "
+                             f"(the default) or drop k3")
+        view = View(name=path.stem, image=torch.from_numpy(arr), camera=make_camera(K, T, w, h, dist[:4]), mask=mask,
+                    depth=depth, path=path)
+        if undistort and np.any(dist != 0):
+            view = undistort_view(view, dist, maps)
+            undistorted += 1
+        views.append(view)
+    meta = {"transforms": transforms, "undistorted_views": undistorted}
+    return finish_scene(views, format="nerfstudio", root=root, normalise=normalise, downscale=downscale, width=width,
+                        meta=meta)
 
 
 def _read_depth(path: Path, unit: float) -> np.ndarray:

@@ -210,10 +210,7 @@ def _progress(enabled: bool, total: int, suite: str):
     if not enabled:
         yield lambda msg: None
         return
-    from tqdm import tqdm
+    from recon.progress import stage
 
-    bar = tqdm(total=total, desc=f"bench {suite}", unit="fit")
-    try:
-        yield lambda msg: (bar.set_postfix_str(msg), bar.update(1))
-    finally:
-        bar.close()
+    with stage(f"bench {suite}", total=total, transient=False) as bar:
+        yield lambda msg: bar.advance(status=msg)

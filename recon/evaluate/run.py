@@ -22,7 +22,7 @@ from recon.errors import ReconError
 from recon.evaluate.lpips import find_lpips
 from recon.evaluate.metrics import METRIC_IMPLEMENTATIONS, image_metrics, summarise
 from recon.evaluate.protocols import metric_style_for
-from recon.runs import read_cameras_json
+from recon.export.cameras_json import read_cameras_json
 from recon.types import Camera, RenderSettings, View
 
 

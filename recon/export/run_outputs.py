@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon.runs import NamedCamera, write_cameras_json
+from recon.export.cameras_json import NamedCamera, write_cameras_json
 from recon.types import Camera, Gaussians, Scene, Split, View
 from recon.visual import colour_depth
 
@@ -22,7 +22,7 @@ class RunLog:
     run keeps its log)."""
 
     def __init__(self, path: Path, every: int):
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole fit, closed in on_finish/close
         self.every = every
 
     def on_start(self, event) -> None:
@@ -55,9 +55,11 @@ def render_views(run: Path, split_name: str, gaussians: Gaussians, views: Sequen
                  cameras: Sequence[Camera], render_fn, settings) -> list[Tensor]:
     """Renders each view, writes ``renders/<split>/<name>.png`` and its colour-mapped depth
     ``renders/depth/<split>_<name>.png``; returns the float renders [H, W, 3] in [0, 1]."""
+    from recon.progress import track
+
     out = []
     with torch.no_grad():
-        for v, cam in zip(views, cameras):
+        for v, cam in track(list(zip(views, cameras)), f"rendering {split_name} views"):
             r = render_fn(gaussians, [cam], settings)
             rgb = r.rgb[0].clamp(0, 1)  # [H, W, 3]
             save_png(run / "renders" / split_name / f"{v.name}.png", rgb)

@@ -104,15 +104,40 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint. Newer incomplete ones are skipped with a warning
-    that names them (they stay on disk for inspection; the next save replaces them)."""
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path | None, list[Path]]:
+    """(the newest complete checkpoint or None, the newer incomplete ones it skipped). Each
+    skipped file is warned about by name; it stays on disk, and the next save replaces it."""
+    skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         if is_complete(path):
-            return path
+            return path, skipped
+        skipped.append(path)
         warnings.warn(f"checkpoint {path} is incomplete or corrupt (truncated?); skipping it and "
                       "resuming from the one before", RuntimeWarning, stacklevel=2)
-    return None
+    return None, skipped
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (newer incomplete ones are skipped with a warning)."""
+    return find_resume_checkpoint(run_dir)[0]
+
+
+def resume_record(path: Path, state: dict, skipped: list[Path], run_dir: Path) -> dict:
+    """What metrics.json says about a resumed run. Wall time is accounted per checkpoint:
+    ``total_seconds`` and ``fit_seconds`` of a resumed run sum the earlier sessions up to the
+    checkpoint it continued from (work after that checkpoint was lost and is not counted)."""
+    run_dir = Path(run_dir)
+    return {"from_iteration": int(state["iteration"]), "checkpoint": str(Path(path).relative_to(run_dir)),
+            "skipped_incomplete": [str(Path(p).relative_to(run_dir)) for p in skipped],
+            "session": int(state.get("sessions", 1)) + 1,
+            "earlier_total_seconds": round(earlier_total_seconds(state), 2),
+            "earlier_fit_seconds": round(float(state.get("seconds", 0.0)), 2)}
+
+
+def earlier_total_seconds(state: dict) -> float:
+    """Wall time of the sessions up to a checkpoint (checkpoints from before this field was
+    recorded only know their fit time, a lower bound)."""
+    return float(state.get("total_seconds", state.get("seconds", 0.0)))
 
 
 def load_checkpoint(path: Path) -> dict:

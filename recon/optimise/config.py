@@ -9,6 +9,7 @@ Every component has an ``enabled`` switch so an ablation is one override, e.g.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class OptimConfig:
     # [[start_iteration, downscale], ...]: train on downscaled images first (coarse-to-fine)
     resolution_schedule: list = field(default_factory=lambda: [[0, 1]])
     max_loss: float = 10.0  # a loss above this (or NaN) stops the fit with diagnostics
+    # 3DGS's random background: each step composites the view's background (outside its object mask) and the
+    # render on one random colour, so no background colour is baked into the Gaussians. Needs masks (Blender, DTU).
     random_background: bool = False
 
 
@@ -145,8 +148,11 @@ class DiffusionConfig:
     enabled: bool = False
     model: str | None = None  # local diffusers img2img folder
     every: int = 500  # regenerate refined pseudo targets every this many steps
-    start: int = 1000
-    weight: float = 0.1
+    start: int = 1000  # first step with the diffusion loss (and its first refresh)
+    stop: int | None = None  # last step with it (None = to the end)
+    weight: float = 0.1  # peak weight of the loss (recon.optimise.schedules.diffusion_weight)
+    warmup: int = 0  # linear ramp from 0 to ``weight`` over this many steps after ``start``
+    final_weight: float | None = None  # if set (with ``stop``), decays linearly to this at ``stop``
     num_views: int = 4
     strength: float = 0.3  # img2img strength: how far the refined target may move from the render
     steps: int = 20  # scheduler steps (about strength * steps are denoised)
@@ -187,7 +193,9 @@ class FitConfig:
 
 
 def _apply(obj: Any, values: dict, where: str) -> None:
-    """Writes nested ``values`` into dataclass ``obj``, checking keys and types."""
+    """Writes nested ``values`` into dataclass ``obj``, checking keys and types (from the
+    field annotations, so ``int | None`` fields are checked too)."""
+    hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
     for key, value in values.items():
         name = f"{where}.{key}" if where else key
         if not dataclasses.is_dataclass(obj) or key not in {f.name for f in dataclasses.fields(obj)}:
@@ -203,30 +211,43 @@ def _apply(obj: Any, values: dict, where: str) -> None:
                 raise ConfigError(f"config key {name!r} is a section; set its keys as {name}.KEY=VALUE")
             _apply(current, value, name)
             continue
-        setattr(obj, key, _coerce(value, current, name))
+        setattr(obj, key, _coerce(value, hints[key], name))
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    if value is None or current is None:
-        return value
-    if isinstance(current, bool):
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` checked (and numbers converted) against a field annotation: bool, int,
+    float, str or list, optionally ``| None``."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [annotation]
+    kind = typing.get_origin(kinds[0]) or kinds[0] if len(kinds) == 1 else None
+    if value is None:
+        if optional or kind is None:
+            return None
+        raise ConfigError(f"config key {name!r} needs a value ({_describe(kind)}); only optional keys may be null")
+    if kind is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
-    if isinstance(current, (int, float)) and not isinstance(value, bool):
+    if kind in (int, float) and not isinstance(value, bool):
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = None
-        if isinstance(current, float) and number is not None:
+        if kind is float and number is not None:
             return number
         if number is not None and number.is_integer():
             return int(number)
-        kind = "a number" if isinstance(current, float) else "an integer"
-        raise ConfigError(f"config key {name!r} must be {kind}, got {value!r}")
-    if isinstance(current, str) and not isinstance(value, str):
-        raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+    if kind in (int, float):
+        raise ConfigError(f"config key {name!r} must be {_describe(kind)}, got {value!r}")
+    if kind in (str, list) and not isinstance(value, kind):
+        raise ConfigError(f"config key {name!r} must be {_describe(kind)}, got {value!r}")
     return value
+
+
+def _describe(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}.get(kind, str(kind))
 
 
 def preset_path(name: str) -> Path:

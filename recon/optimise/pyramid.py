@@ -10,11 +10,14 @@ DepthPrior = tuple[Tensor, str]  # (values [H, W], 0 = unknown; kind: "depth" or
 
 
 class ImagePyramid:
-    def __init__(self, images: list[Tensor], depth_priors: list[DepthPrior | None], width: int, height: int):
+    def __init__(self, images: list[Tensor], depth_priors: list[DepthPrior | None], width: int, height: int,
+                 masks: list[Tensor | None] | None = None):
         self.images = images  # each [H, W, 3]
         self.depth_priors = depth_priors
+        self.masks = masks or [None] * len(images)  # each [H, W] bool (True = object) or None
         self.width, self.height = width, height
         self._levels: dict[float, tuple] = {}  # factor -> (size, images, depth priors)
+        self._masks: dict[float, list[Tensor | None]] = {}
 
     def level(self, factor: float) -> tuple[tuple[int, int], list[Tensor], list[DepthPrior | None]]:
         """((width, height), images [H', W', 3], depth priors [H', W']) at 1/factor resolution."""
@@ -31,3 +34,12 @@ class ImagePyramid:
                           for p in self.depth_priors]
                 self._levels[factor] = (size, images, priors)
         return self._levels[factor]
+
+    def level_masks(self, factor: float) -> list[Tensor | None]:
+        """Masks [H', W'] bool at 1/factor resolution (nearest: a pixel stays object or not)."""
+        if factor not in self._masks:
+            (w, h), _, _ = self.level(factor)
+            self._masks[factor] = [m if m is None or tuple(m.shape) == (h, w) else
+                                   F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
+                                   for m in self.masks]
+        return self._masks[factor]

@@ -1,9 +1,11 @@
-"""Learning-rate and spherical-harmonic schedules: pure functions of the iteration, so a
-resumed fit picks up exactly where it stopped."""
+"""Learning-rate, spherical-harmonic, resolution and diffusion-loss schedules: pure
+functions of the iteration, so a resumed fit picks up exactly where it stopped."""
 
 from __future__ import annotations
 
 import math
+
+from recon.optimise.config import DiffusionConfig
 
 
 def exp_decay(step: int, total: int, lr_init: float, lr_final: float) -> float:
@@ -31,3 +33,23 @@ def resolution_factor_at(step: int, schedule) -> float:
         if step >= start:
             factor = float(f)
     return factor
+
+
+def diffusion_weight(step: int, c: DiffusionConfig) -> float:
+    """Weight of the diffusion pseudo-view loss at ``step``: 0 before ``c.start`` and after
+    ``c.stop``, a linear warm-up over ``c.warmup`` steps to ``c.weight``, then constant, or
+    a linear decay to ``c.final_weight`` at ``c.stop`` when both are set."""
+    if step < c.start or (c.stop is not None and step > c.stop):
+        return 0.0
+    w = c.weight * (1.0 if c.warmup <= 0 else min(1.0, (step - c.start + 1) / c.warmup))
+    if c.final_weight is not None and c.stop is not None and c.stop > c.start + c.warmup \
+            and step >= c.start + c.warmup:
+        frac = (step - c.start - c.warmup) / (c.stop - c.start - c.warmup)
+        w = c.weight + (c.final_weight - c.weight) * min(1.0, frac)
+    return float(w)
+
+
+def diffusion_refresh_due(step: int, c: DiffusionConfig) -> bool:
+    """True on the steps where the refined pseudo targets are re-rendered and refined:
+    ``c.start`` and every ``c.every`` steps after it, while the loss has weight."""
+    return diffusion_weight(step, c) > 0 and (step - c.start) % max(c.every, 1) == 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from recon.errors import ReconError
+from recon.errors import ConfigError, ReconError
 from recon.geometry import se3_exp, zbuffer_depth
 from recon.optimise import losses, sparse_view
 from recon.optimise.config import FitConfig
@@ -22,7 +22,13 @@ from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
 from recon.optimise.pseudo_views import interpolated_camera
 from recon.optimise.pyramid import ImagePyramid
-from recon.optimise.schedules import exp_decay, resolution_factor_at, sh_degree_at
+from recon.optimise.schedules import (
+    diffusion_refresh_due,
+    diffusion_weight,
+    exp_decay,
+    resolution_factor_at,
+    sh_degree_at,
+)
 from recon.types import Camera, Gaussians, RenderSettings
 
 # Names of the Gaussian parameters in gsplat's convention (its strategy edits them).
@@ -40,7 +46,7 @@ class TrainData:
     cameras: list[Camera]
     images: list[Tensor]  # each [H, W, 3]
     names: list[str]
-    masks: list[Tensor | None] = field(default_factory=list)
+    masks: list[Tensor | None] = field(default_factory=list)  # each [H, W] bool (True = object); random_background
     depth_priors: list[tuple[Tensor, str] | None] = field(default_factory=list)  # (values, kind)
     prior_points: Tensor | None = None  # [M, 3] metric prior points, reprojected into pseudo views
     scene_scale: float = 1.0  # extent of the cameras/scene, scales lrs and thresholds
@@ -90,7 +96,13 @@ class Trainer:
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
         cam0 = data.cameras[0]
-        self.pyramid = ImagePyramid(data.images, data.depth_priors, cam0.width, cam0.height)
+        self.pyramid = ImagePyramid(data.images, data.depth_priors, cam0.width, cam0.height, data.masks)
+        if config.optim.random_background:
+            unmasked = [n for n, m in zip(data.names, data.masks or [None] * V) if m is None]
+            if unmasked:
+                raise ConfigError(
+                    f"optim.random_background=true needs an object mask for every training view (Blender alpha, "
+                    f"DTU mask/ folder); {', '.join(unmasked)} has none: set optim.random_background=false")
 
     # ---- parameters -------------------------------------------------------------------
     def _make_params(self, g: Gaussians) -> dict[str, torch.nn.Parameter]:
@@ -177,7 +189,8 @@ class Trainer:
             return g
         return replace(g, opacity_logits=sparse_view.drop_gaussians(g.opacity_logits, r.dropout_rate, self.generator))
 
-    def _binocular_loss(self, it: int, sh: int, g: Gaussians, cam: Camera, depth: Tensor, gt: Tensor) -> Tensor | None:
+    def _binocular_loss(self, it: int, settings: RenderSettings, g: Gaussians, cam: Camera, depth: Tensor,
+                        gt: Tensor) -> Tensor | None:
         c = self.cfg.binocular
         if not (c.enabled and it >= c.start and it % c.every == 0):
             return None
@@ -187,14 +200,15 @@ class Trainer:
         fx = float(cam.K[0, 0])
         side = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
         baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
-        shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], self.render_settings(sh)).rgb[0]
+        shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb[0]
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
-        if self.refiner is None or not c.enabled or it < c.start:
+        weight = diffusion_weight(it, c)
+        if self.refiner is None or not c.enabled or weight <= 0:
             return None
-        if (it - c.start) % c.every == 0:  # refresh the refined pseudo targets
+        if diffusion_refresh_due(it, c):  # refresh the refined pseudo targets
             cams = [self._pseudo_camera() for _ in range(c.num_views)]
             with torch.no_grad():
                 rgb = self.render_fn(self.gaussians().detach(), cams, self.render_settings(sh)).rgb
@@ -205,7 +219,7 @@ class Trainer:
         k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
         cam, target = self.pseudo_targets[k]
         pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
-        return c.weight * losses.l1(pred, target)
+        return weight * losses.l1(pred, target)
 
     # ---- loop ---------------------------------------------------------------------------
     def _set_lrs(self, it: int) -> None:
@@ -221,17 +235,23 @@ class Trainer:
         self._set_lrs(it)
         sh = sh_degree_at(it - 1, cfg.optim.sh_degree_interval, self.max_sh)
         v = int(torch.randint(len(self.data.cameras), (1,), generator=self.generator))
-        size, images, priors = self.pyramid.level(resolution_factor_at(it, cfg.optim.resolution_schedule))
+        factor = resolution_factor_at(it, cfg.optim.resolution_schedule)
+        size, images, priors = self.pyramid.level(factor)
         gt = images[v]  # [H, W, 3]
+        settings = self.render_settings(sh)
+        if cfg.optim.random_background:  # 3DGS: a new background colour each step, so none can be baked in
+            bg = torch.rand(3, generator=self.generator)  # [3]
+            settings = replace(settings, background=tuple(bg.tolist()))
+            gt = torch.where(self.pyramid.level_masks(factor)[v][..., None], gt, bg)
         g, cam = self._training_gaussians(), self.train_camera(v, size)
-        out = self.render_fn(g, [cam], self.render_settings(sh))
+        out = self.render_fn(g, [cam], settings)
         info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         rgb = out.rgb[0]  # [H, W, 3]
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
             terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
-        if (bino := self._binocular_loss(it, sh, g, cam, out.depth[0], gt)) is not None:
+        if (bino := self._binocular_loss(it, settings, g, cam, out.depth[0], gt)) is not None:
             terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo

@@ -140,6 +140,8 @@ def recover_poses(
     naming the views that could not be registered."""
     import pycolmap
 
+    from recon.progress import stage
+
     views = tuple(views)
     if len(views) < 2:
         raise ReconError(f"pose recovery needs at least 2 views, got {len(views)}")
@@ -149,7 +151,7 @@ def recover_poses(
     previous_level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 2  # COLMAP's per-step INFO/WARNING lines drown our progress output
     try:
-        with tempfile.TemporaryDirectory(prefix="recon_sfm_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="recon_sfm_") as tmp, stage(f"structure from motion ({len(views)} views)"):
             return _run_colmap(views, names, Path(tmp), camera_model, shared_camera, max_image_size, seed, num_threads)
     finally:
         pycolmap.logging.minloglevel = previous_level

@@ -99,16 +99,13 @@ def multiview_stereo(
     ranges = _depth_ranges(views, settings)
     sources = [_neighbours(views, r, settings.num_sources) for r in range(len(views))]
 
-    from rich.progress import Progress  # local: only the CLI/pipeline shows progress
+    from recon.progress import track
 
     depths, nccs = [], []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("multi-view stereo", total=len(views))
-        for r in range(len(views)):
-            d, c = _sweep(work, coarse, r, sources[r], ranges[r], settings)
-            depths.append(d)
-            nccs.append(c)
-            bar.advance(task)
+    for r in track(range(len(views)), "multi-view stereo", enabled=progress):
+        d, c = _sweep(work, coarse, r, sources[r], ranges[r], settings)
+        depths.append(d)
+        nccs.append(c)
     keep = [_geometric_consistency(work, depths, r, sources[r], settings) for r in range(len(views))]
     depths = [torch.where(k, d, torch.zeros_like(d)) for d, k in zip(depths, keep)]
     confs = [torch.where(k, c.clamp(0, 1), torch.zeros_like(c)) for c, k in zip(nccs, keep)]

@@ -143,17 +143,16 @@ def run_raster_bench(
     progress: bool = True,
 ) -> dict:
     """Benchmarks each backend at each size, writes JSON to out_path and returns it."""
-    from rich.progress import Progress
+    from recon.progress import stage
 
     backends = list(backends) if backends is not None else _default_backends()
     results = []
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("raster bench", total=len(backends) * len(sizes))
+    with stage("raster bench", total=len(backends) * len(sizes), enabled=progress) as bar:
         for n in sizes:
             for backend in backends:
-                bar.update(task, description=f"{backend} N={n}")
+                bar.update(status=f"{backend} N={n}")
                 results.append({"backend": backend, "n_gaussians": n, **_run_one(backend, n, width, height, repeats)})
-                bar.advance(task)
+                bar.advance()
     report = {
         "benchmark": "raster forward+backward",
         "width": width,

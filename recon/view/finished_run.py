@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon import runs
 from recon.errors import ReconError, SceneError
+from recon.export import cameras_json
 from recon.types import Gaussians
 from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
@@ -40,7 +40,7 @@ def _default_read_ply(path: Path) -> Gaussians:
 
 def read_cameras_json(path: Path) -> CameraSet:
     """cameras.json -> the train and test cameras the viewer shows (other splits hidden)."""
-    cams = runs.read_cameras_json(path)
+    cams = cameras_json.read_cameras_json(path)
     train = [c for c in cams if c.split == "train"]
     test = [c for c in cams if c.split == "test"]
     return CameraSet(train=tuple(c.camera for c in train), train_names=tuple(c.name for c in train),

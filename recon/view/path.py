@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from recon.errors import ConfigError, SceneError
-from recon.geometry import invert_pose, look_at
+from recon.geometry import axes_meeting_point, invert_pose, look_at
 from recon.types import Camera, Gaussians, RenderSettings
 from recon.view.scene import RenderFn, default_render_fn, orbit_axis, scene_up
 
@@ -30,18 +30,15 @@ def _poses(cameras: Sequence[Camera]) -> np.ndarray:
 
 def focus_point(cameras: Sequence[Camera]) -> np.ndarray:
     """The point nearest (least squares) to every camera's optical axis: what an
-    object-centric capture looks at. [3]"""
+    object-centric capture looks at, and how far ahead a forward-facing spiral looks. [3]
+    Only exactly parallel axes (or a point behind every camera) fall back to a point ahead
+    of the mean camera: nearly parallel LLFF axes still give the focus depth."""
     T = _poses(cameras)
     origins, dirs = T[:, :3, 3], T[:, :3, 2]  # [V, 3], [V, 3] unit forward axes
-    A = np.zeros((3, 3))
-    b = np.zeros(3)
-    for o, d in zip(origins, dirs):
-        P = np.eye(3) - np.outer(d, d)  # projects onto the plane normal to the axis
-        A += P
-        b += P @ o
-    if np.linalg.cond(A) > 1e6:  # (near-)parallel axes: look ahead of the mean camera
+    point = axes_meeting_point(torch.from_numpy(origins), torch.from_numpy(dirs), min_spread=1e-9, min_in_front=0.0)
+    if point is None:  # (near-)parallel axes: look ahead of the mean camera
         return origins.mean(0) + dirs.mean(0)
-    return np.linalg.solve(A, b)
+    return point.numpy()
 
 
 def _camera_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray, template: Camera) -> Camera:
@@ -156,10 +153,10 @@ def render_path(
     render_fn = render_fn or default_render_fn
     w, h = _video_size(path[0], max_side)
     frames = []
-    from tqdm import tqdm
+    from recon.progress import track
 
     with torch.no_grad():
-        for cam in tqdm(path, desc=f"rendering {out.name}", unit="frame", disable=not progress):
+        for cam in track(path, f"rendering {out.name}", enabled=progress):
             rgb = render_fn(gaussians, [cam.scaled(w, h)], settings).rgb[0]  # [H, W, 3]
             frames.append((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
     out.parent.mkdir(parents=True, exist_ok=True)

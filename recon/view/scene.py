@@ -189,12 +189,14 @@ class SceneView:
         self._cameras = CameraSet()
         self._splats = None  # viser GaussianSplatHandle
         self._camera_root = None  # viser FrameHandle parenting every frustum
+        self.frustums: dict[str, object] = {}  # scene node name -> viser CameraFrustumHandle
         self._pending: dict[int, object] = {}  # client id -> ClientHandle awaiting a render, oldest first
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._closed = False
         self.renders_done = 0  # server renders sent (tests, overhead accounting)
         self.frames_superseded = 0  # render requests replaced by a newer camera before they ran
+        self.renders_by_client: dict[int, int] = {}  # client id -> renders sent (connected clients only)
         self.render_seconds = 0.0  # total time spent rendering, encoding and sending for clients
         self.last_render_seconds = 0.0
         self._build_gui()
@@ -240,6 +242,16 @@ class SceneView:
     def gaussians(self) -> Gaussians | None:
         return self._gaussians
 
+    @property
+    def splats(self):
+        """The viser GaussianSplatHandle shown in splat mode (None in server-render modes)."""
+        return self._splats
+
+    @property
+    def camera_root(self):
+        """The viser FrameHandle that parents every camera frustum."""
+        return self._camera_root
+
     def _push_splats(self, g: Gaussians) -> None:
         arrays = splat_arrays(g)
         # Re-adding a node under the same name replaces it in every client.
@@ -263,8 +275,9 @@ class SceneView:
                 image = None
                 if kind == "train" and i < len(cameras.thumbnails):
                     image = _thumbnail(cameras.thumbnails[i])
-                scene.add_camera_frustum(
-                    f"/cameras/{kind}/{_node_name(name, i)}", fov=vertical_fov(cam),
+                node = f"/cameras/{kind}/{_node_name(name, i)}"
+                self.frustums[node] = scene.add_camera_frustum(
+                    node, fov=vertical_fov(cam),
                     aspect=cam.width / cam.height, scale=self._frustum_scale(), color=colour,
                     image=image, wxyz=wxyz, position=pos, variant="wireframe",
                 )
@@ -412,6 +425,10 @@ class SceneView:
         self.last_render_seconds = time.perf_counter() - start
         client.scene.set_background_image(image, format="jpeg", jpeg_quality=85)
         self.renders_done += 1
+        connected = self.server.viser.get_clients()
+        counts = {cid: n for cid, n in self.renders_by_client.items() if cid in connected}  # bounded
+        counts[client.client_id] = counts.get(client.client_id, 0) + 1
+        self.renders_by_client = counts
 
     def close(self) -> None:
         self._closed = True

@@ -1,0 +1,92 @@
+"""The fit's schedules (recon.optimise.schedules) and the trainer following them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_render_helpers import cameras, random_gaussians
+
+from recon.optimise import losses
+from recon.optimise.config import DiffusionConfig, load_config
+from recon.optimise.schedules import diffusion_refresh_due, diffusion_weight, resolution_factor_at
+from recon.optimise.trainer import TrainData, Trainer
+
+
+def test_diffusion_weight_warms_up_holds_and_decays():
+    c = DiffusionConfig(every=100, start=200, stop=1000, weight=0.2, warmup=100, final_weight=0.0)
+    assert diffusion_weight(199, c) == 0.0
+    assert diffusion_weight(249, c) == pytest.approx(0.1)  # half-way up the warm-up
+    assert diffusion_weight(300, c) == pytest.approx(0.2)  # peak
+    assert diffusion_weight(650, c) == pytest.approx(0.1)  # half-way down the decay
+    assert diffusion_weight(1000, c) == pytest.approx(0.0) and diffusion_weight(1001, c) == 0.0
+    assert [i for i in range(600) if diffusion_refresh_due(i, c)] == [200, 300, 400, 500]
+    constant = DiffusionConfig(start=5, weight=0.3)  # the defaults: constant weight from start, no stop
+    assert [diffusion_weight(i, constant) for i in (4, 5, 10_000)] == [0.0, 0.3, 0.3]
+
+
+def test_resolution_factor_follows_the_last_reached_entry():
+    schedule = [[500, 1], [0, 4], [200, 2]]
+    assert [resolution_factor_at(i, schedule) for i in (0, 199, 200, 499, 500, 10_000)] == [4, 4, 2, 2, 1, 1]
+
+
+class _ShiftRefiner:
+    """Stands in for the img2img refiner: the 'refined' target is the render made brighter."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def refine(self, images):
+        self.calls += 1
+        return (images + 0.25).clamp(0, 1)
+
+
+def test_trainer_weights_the_diffusion_loss_by_the_schedule():
+    cfg = load_config("default", ["diffusion.enabled=true", "diffusion.start=3", "diffusion.every=4",
+                                  "diffusion.warmup=4", "diffusion.weight=0.5", "diffusion.num_views=1",
+                                  "render.backend=reference"])
+    cams = cameras(24, 16, n=2)
+    data = TrainData(cameras=cams, images=[torch.rand(16, 24, 3) for _ in cams], names=["a", "b"])
+    refiner = _ShiftRefiner()
+    trainer = Trainer(cfg, random_gaussians(40, sh_degree=0, grad=False), data, refiner=refiner)
+    assert trainer._diffusion_loss(2, 0) is None  # before start: no term, no refresh
+    for it in (3, 4, 6, 7):
+        loss = trainer._diffusion_loss(it, 0)
+        cam, target = trainer.pseudo_targets[0]
+        with torch.no_grad():
+            l1 = losses.l1(trainer.render_fn(trainer.gaussians(), [cam], trainer.render_settings(0)).rgb[0], target)
+        assert float(loss.detach()) == pytest.approx(diffusion_weight(it, cfg.diffusion) * float(l1), rel=1e-5)
+    assert refiner.calls == 2  # refreshed at 3 and 7
+
+
+def _transparent(n: int = 30):
+    g = random_gaussians(n, sh_degree=0, grad=False)
+    return type(g)(g.means, g.log_scales, g.quats, torch.full_like(g.opacity_logits, -30.0), g.sh)
+
+
+def test_random_background_composites_target_and_render_on_one_random_colour():
+    from recon.errors import ConfigError
+    from recon.render import render
+
+    cfg = load_config("default", ["optim.random_background=true", "render.backend=reference", "densify.enabled=false",
+                                  "regularise.enabled=false", "depth.enabled=false", "pseudo.enabled=false"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with pytest.raises(ConfigError, match="needs an object mask"):
+        Trainer(cfg, _transparent(), TrainData(cameras=cams, images=images, names=["a", "b"]))
+    backgrounds = []
+
+    def spy(g, cs, settings):
+        backgrounds.append(settings.background)
+        return render(g, cs, settings)
+
+    masks = [torch.zeros(16, 24, dtype=torch.bool)] * 2  # all background
+    data = TrainData(cameras=cams, images=images, names=["a", "b"], masks=masks)
+    trainer = Trainer(cfg, _transparent(), data, render_fn=spy)
+    # Nothing is opaque: the render is the background, and so is the target on background pixels.
+    assert [trainer.step(it)["photo"] for it in (1, 2, 3)] == pytest.approx([0.0] * 3, abs=1e-6)
+    assert len(set(backgrounds)) == 3  # a new colour every step
+    assert trainer.pyramid.level_masks(2.0)[0].shape == (8, 12)  # masks follow the coarse-to-fine levels
+    plain = Trainer(load_config("default", ["render.backend=reference", "densify.enabled=false",
+                                            "regularise.enabled=false", "depth.enabled=false",
+                                            "pseudo.enabled=false"]), _transparent(), data)
+    assert plain.step(1)["photo"] > 0.1  # without it the photographs' background is the target
