@@ -67,8 +67,10 @@ def test_shifted_camera_moves_points_left_by_the_disparity():
 def _stereo_pair(depth: float, fx: float = 80.0, baseline: float = 0.1, H: int = 24, W: int = 64):
     """A fronto-parallel textured plane seen by the source camera and one shifted right by
     ``baseline``: shifted(u') = source(u' + fx * baseline / depth)."""
-    f = lambda u: torch.stack([0.5 + 0.4 * torch.sin(0.37 * u), 0.5 + 0.3 * torch.cos(0.21 * u + 1),
-                               0.5 + 0.2 * torch.sin(0.11 * u)], -1)
+    def f(u):
+        return torch.stack([0.5 + 0.4 * torch.sin(0.37 * u), 0.5 + 0.3 * torch.cos(0.21 * u + 1),
+                            0.5 + 0.2 * torch.sin(0.11 * u)], -1)
+
     u = torch.arange(W, dtype=torch.float32)[None, :].expand(H, W)
     return f(u), f(u + fx * baseline / depth), fx, baseline
 
