@@ -71,6 +71,9 @@ class DepthConfig:
     ranking_weight: float = 0.05
     ranking_pairs: int = 4096
     ranking_window: int = 8
+    # |rendered - prior| / prior where the prior is metric (stereo depth and the stereo points
+    # reprojected into pseudo views; never a monocular model's relative depth). 0 = off.
+    metric_weight: float = 0.0
     start: int = 0
     stop: int = 1_000_000
 
@@ -82,6 +85,9 @@ class PseudoConfig:
     start: int = 200
     weight: float = 0.5  # times the depth weights
     jitter: float = 0.02  # camera position noise, times scene extent
+    # Reprojected stereo points: drop those farther than the nearest point in this window
+    # (pixels), i.e. background showing through gaps of the foreground. 0 = keep all.
+    occlusion_window: int = 0
 
 
 @dataclass
@@ -105,6 +111,29 @@ class RegulariseConfig:
     scale_weight: float = 1e-2
     max_scale: float = 0.1  # times scene extent
     max_ratio: float = 10.0
+    # DropGaussian / DropoutGS: fraction of Gaussians made transparent in each training
+    # render (the rest compensated by 1 / (1 - rate)); never at test time. 0 = off.
+    dropout_rate: float = 0.0
+    # Binocular3DGS opacity decay: every opacity_decay_every steps before opacity_decay_stop,
+    # opacity <- opacity_decay * opacity, so floaters the views do not support fade. 1 = off.
+    opacity_decay: float = 1.0
+    opacity_decay_every: int = 1
+    opacity_decay_stop: int = 1_000_000
+
+
+@dataclass
+class BinocularConfig:
+    """Binocular consistency loss (Binocular3DGS): render a camera shifted sideways from the
+    training view, warp it back through the rendered depth, compare with the training image."""
+
+    enabled: bool = False
+    weight: float = 0.5
+    # Shift of the virtual camera as the disparity it gives at the rendered median depth,
+    # as a fraction of the image width (scale-free across scenes); the side is random.
+    disparity: float = 0.03
+    ssim_weight: float = 0.2  # D-SSIM share of the binocular loss
+    start: int = 300
+    every: int = 1  # one binocular term every this many steps
 
 
 @dataclass
@@ -149,6 +178,7 @@ class FitConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    binocular: BinocularConfig = field(default_factory=BinocularConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     regularise: RegulariseConfig = field(default_factory=RegulariseConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)

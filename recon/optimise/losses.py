@@ -176,3 +176,55 @@ def scale_regulariser(log_scales: Tensor, max_scale: float, max_ratio: float = 1
     ratio = scales.max(dim=-1).values / scales.min(dim=-1).values.clamp_min(1e-8)
     too_thin = torch.relu(ratio - max_ratio).mean() / max_ratio
     return too_big + too_thin
+
+
+def warp_from_shifted(shifted: Tensor, depth: Tensor, fx: float, baseline: float) -> tuple[Tensor, Tensor]:
+    """Warps the image of a camera shifted by ``baseline`` along the source camera's x axis
+    (``recon.optimise.sparse_view.shifted_camera``) back into the source view through the
+    source view's z-depth: source pixel (u, v) at depth z sees what the shifted camera sees
+    at (u - fx * baseline / z, v). Differentiable in both ``shifted`` and ``depth``.
+
+    shifted: [H, W, 3]; depth: [H, W] (0 = nothing rendered). Returns the warped image
+    [H, W, 3] and a [H, W] bool mask of pixels with depth whose sample lies inside the image.
+    """
+    H, W = depth.shape
+    has_depth = depth.detach() > _MIN_DEPTH
+    disparity = fx * baseline / depth.clamp_min(_MIN_DEPTH)  # [H, W] pixels
+    u = torch.arange(W, dtype=depth.dtype, device=depth.device)[None, :] - disparity  # [H, W]
+    v = torch.arange(H, dtype=depth.dtype, device=depth.device)[:, None].expand(H, W)
+    # align_corners=True maps pixel index 0 and W-1 to -1 and 1: index arithmetic is exact
+    grid = torch.stack([2 * u / max(W - 1, 1) - 1, 2 * v / max(H - 1, 1) - 1], dim=-1)  # [H, W, 2]
+    warped = F.grid_sample(shifted.permute(2, 0, 1)[None], grid[None], mode="bilinear",
+                           padding_mode="border", align_corners=True)[0].permute(1, 2, 0)  # [H, W, 3]
+    inside = (u.detach() >= 0) & (u.detach() <= W - 1) & has_depth
+    return warped, inside
+
+
+def binocular_loss(shifted: Tensor, depth: Tensor, target: Tensor, fx: float, baseline: float,
+                   ssim_weight: float = 0.0) -> Tensor:
+    """Binocular consistency (Binocular3DGS): the shifted camera's render warped into the
+    training view through the rendered depth must reproduce the training image. A wrong
+    depth samples the wrong pixels, so the loss supervises geometry with no extra prior.
+
+    shifted: [H, W, 3] render of the shifted camera; depth: [H, W] rendered source depth;
+    target: [H, W, 3] training image. ``ssim_weight`` > 0 adds D-SSIM (with the pixels
+    without a valid warp filled in from the target, so they score as matches).
+    """
+    warped, valid = warp_from_shifted(shifted, depth, fx, baseline)
+    loss = (1.0 - ssim_weight) * l1(warped, target, valid)
+    if ssim_weight > 0:
+        filled = torch.where(valid[..., None], warped, target)
+        loss = loss + ssim_weight * (1.0 - ssim(filled, target))
+    return loss
+
+
+def metric_depth_loss(rendered: Tensor, prior: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean relative error ``|rendered - prior| / prior`` over valid pixels, for a prior in
+    the scene's own metric frame (multi-view stereo points, not a monocular guess): unlike
+    Pearson it also fixes the absolute depth, so a floater in front of the surface costs
+    its full error. rendered, prior: [H, W]; valid: [H, W] bool (defaults to both > 0)."""
+    if valid is None:
+        valid = (prior > 0) & (rendered.detach() > 0)
+    if int(valid.sum()) == 0:
+        return rendered.sum() * 0.0
+    return ((rendered[valid] - prior[valid]).abs() / prior[valid].clamp_min(_MIN_DEPTH)).mean()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
 from recon.geometry import se3_exp, zbuffer_depth
-from recon.optimise import losses
+from recon.optimise import losses, sparse_view
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
@@ -141,10 +141,13 @@ class Trainer:
 
     # ---- losses -------------------------------------------------------------------------
 
-    def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float) -> Tensor:
+    def _depth_terms(self, depth: Tensor, prior: Tensor, kind: str, weight: float, metric: bool = False) -> Tensor:
+        """metric: the prior is in the scene's frame (stereo points), so depth.metric_weight applies."""
         c = self.cfg.depth
         valid = (prior > 0) & (depth.detach() > 0)  # [H, W]
         loss = depth.sum() * 0.0
+        if metric and kind == "depth" and c.metric_weight > 0:
+            loss = loss + c.metric_weight * losses.metric_depth_loss(depth, prior, valid)
         if c.pearson_weight > 0:
             loss = loss + c.pearson_weight * losses.pearson_depth_loss(depth, prior, kind, valid)
         if c.ranking_weight > 0:
@@ -176,8 +179,31 @@ class Trainer:
             pts = self.data.prior_points
             if pts is None or len(pts) == 0:
                 return None
-            prior, kind = zbuffer_depth(pts, cam), "depth"  # sparse depth of the prior points
+            # sparse depth of the prior points, without those seen through gaps of nearer ones
+            prior = sparse_view.drop_occluded(zbuffer_depth(pts, cam), c.occlusion_window)
+            return self._depth_terms(depth, prior, "depth", c.weight, metric=True)
         return self._depth_terms(depth, prior, kind, c.weight)
+
+    def _training_gaussians(self) -> Gaussians:
+        """The Gaussians of this step's training render: with dropout when configured."""
+        g, r = self.gaussians(), self.cfg.regularise
+        if not (r.enabled and r.dropout_rate > 0):
+            return g
+        return replace(g, opacity_logits=sparse_view.drop_gaussians(g.opacity_logits, r.dropout_rate, self.generator))
+
+    def _binocular_loss(self, it: int, settings: RenderSettings, g: Gaussians, cam: Camera, depth: Tensor,
+                        gt: Tensor) -> Tensor | None:
+        c = self.cfg.binocular
+        if not (c.enabled and it >= c.start and it % c.every == 0):
+            return None
+        valid = depth.detach() > 0
+        if int(valid.sum()) < 16:
+            return None
+        fx = float(cam.K[0, 0])
+        side = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
+        baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
+        shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb[0]
+        return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
@@ -220,8 +246,9 @@ class Trainer:
             bg = torch.rand(3, generator=self.generator)  # [3]
             settings = replace(settings, background=tuple(bg.tolist()))
             gt = torch.where(self.pyramid.level_masks(factor)[v][..., None], gt, bg)
+        g, cam = self._training_gaussians(), self.train_camera(v, size)
         with stage("render_forward"):
-            out = self.render_fn(self.gaussians(), [self.train_camera(v, size)], settings)
+            out = self.render_fn(g, [cam], settings)
         with stage("densify"):
             info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         stop_losses = start("losses")  # the stages below are nested: they count on their own
@@ -229,7 +256,9 @@ class Trainer:
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
-            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0)
+            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
+        if (bino := self._binocular_loss(it, settings, g, cam, out.depth[0], gt)) is not None:
+            terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
@@ -252,6 +281,8 @@ class Trainer:
         if info is not None:
             with stage("densify"):
                 self.densifier.post_backward(self.params, self.optimizers, it, info)
+        if r.enabled and r.opacity_decay < 1 and it % r.opacity_decay_every == 0 and it < r.opacity_decay_stop:
+            sparse_view.decay_opacities_(self.params["opacities"], r.opacity_decay)
         record = {k: float(t.detach()) for k, t in terms.items()}
         record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
         stop_losses()
