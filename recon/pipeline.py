@@ -19,8 +19,13 @@ from torch import Tensor
 from recon.errors import ConfigError, ReconError
 from recon.export import report_html, run_outputs
 from recon.geometry import unproject_depth
-from recon.optimise.checkpoint import (earlier_total_seconds, find_resume_checkpoint, load_checkpoint, resume_record,
-                                      save_checkpoint)
+from recon.optimise.checkpoint import (
+    earlier_total_seconds,
+    find_resume_checkpoint,
+    load_checkpoint,
+    resume_record,
+    save_checkpoint,
+)
 from recon.optimise.config import FitConfig, from_dict, load_config
 from recon.optimise.events import FitControl, FitFinished, FitListener
 from recon.optimise.memory import check_fit_memory, estimate_for_config

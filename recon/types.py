@@ -43,7 +43,7 @@ class Camera:
         t = self.T_cam_world[:3, 3]
         return -R.T @ t
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera for an image resized to (width, height)."""
         sx, sy = width / self.width, height / self.height
         K = self.K.clone()
@@ -108,7 +108,7 @@ class Scene:
     def __len__(self) -> int:
         return len(self.views)
 
-    def subset(self, indices: "list[int] | tuple[int, ...]") -> tuple[View, ...]:
+    def subset(self, indices: list[int] | tuple[int, ...]) -> tuple[View, ...]:
         return tuple(self.views[i] for i in indices)
 
 
@@ -129,13 +129,13 @@ class Gaussians:
     def sh_degree(self) -> int:
         return int(round(self.sh.shape[1] ** 0.5)) - 1
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return Gaussians(*(t.detach() for t in self.tensors()))
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return (self.means, self.log_scales, self.quats, self.opacity_logits, self.sh)
 
-    def to(self, device: torch.device | str) -> "Gaussians":
+    def to(self, device: torch.device | str) -> Gaussians:
         return Gaussians(*(t.to(device) for t in self.tensors()))
 
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import shared_scene
 
 from recon.data import detect_format, load_scene
 from recon.data.common import camera_normalisation, w2c_opencv_to_c2w_opengl
 from recon.data.llff import llff_to_opencv, opencv_to_llff
 from recon.data.splits import select_split
-from conftest import shared_scene
 
 pytestmark = pytest.mark.shared_data
 

@@ -65,8 +65,8 @@ def test_empty_render_is_a_clear_error():
 
 def test_export_command_writes_mesh(tmp_path):
     from recon.cli import main
-    from recon.export.ply import write_ply
     from recon.export.cameras_json import NamedCamera, write_cameras_json
+    from recon.export.ply import write_ply
 
     run = tmp_path / "run"
     run.mkdir()

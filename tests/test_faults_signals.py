@@ -165,9 +165,9 @@ def _viewer_port(proc: Proc) -> int:
 def finished_run(tmp_path_factory) -> Path:
     import torch
 
+    from recon.export.cameras_json import NamedCamera, write_cameras_json
     from recon.export.ply import write_ply
     from recon.geometry import look_at
-    from recon.export.cameras_json import NamedCamera, write_cameras_json
     from recon.types import Camera, Gaussians
 
     run = tmp_path_factory.mktemp("view") / "run"

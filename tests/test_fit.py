@@ -278,6 +278,7 @@ def test_unposed_folder_recovers_poses_and_fits(tmp_path):
     import shutil
 
     from conftest import shared_scene
+
     from recon.pipeline import fit_scene
 
     fern = shared_scene("llff_fern") / "images_8"

@@ -10,13 +10,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_stereo import plane_views
 
 from recon.errors import ConfigError
 from recon.init import initialise, scene_ball
 from recon.init.isotropic import SH_C0, knn_log_scales
 from recon.init.points import gaussians_from_points
 from recon.init.random import random_gaussians
-from test_stereo import plane_views
 
 
 def test_gaussians_from_points_follow_the_3dgs_recipe():

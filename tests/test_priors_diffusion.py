@@ -17,7 +17,6 @@ pytest.importorskip("transformers")
 from recon.errors import ConfigError, MissingDependencyError, ReconError  # noqa: E402
 from recon.priors.diffusion import Img2ImgRefiner  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 

@@ -11,7 +11,12 @@ import torch
 from recon.errors import MissingDependencyError, ReconError
 from recon.geometry import invert_pose, look_at, umeyama
 from recon.priors.pointmap import (
-    AlignSettings, PointmapGroup, PointmapModel, align_pointmaps, all_pairs, cameras_from_alignment,
+    AlignSettings,
+    PointmapGroup,
+    PointmapModel,
+    align_pointmaps,
+    all_pairs,
+    cameras_from_alignment,
     load_pointmap_model,
 )
 from recon.priors.pointmap_align import estimate_focal

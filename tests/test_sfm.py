@@ -7,13 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import shared_scene
+from test_stereo import PLANE_DEPTH, PLANE_SLOPE, plane_views
 
 from recon.errors import ReconError
 from recon.geometry import umeyama
 from recon.priors.sfm import recover_poses, triangulate_sift
-
-from conftest import shared_scene
-from test_stereo import PLANE_DEPTH, PLANE_SLOPE, plane_views
 
 
 def _frame_points(views) -> torch.Tensor:

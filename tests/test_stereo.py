@@ -9,14 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import shared_scene
 
 from recon.errors import ConfigError, ReconError
 from recon.geometry import make_pose
 from recon.priors.sfm import triangulate_sift
 from recon.priors.stereo import multiview_stereo
 from recon.types import Camera, View
-
-from conftest import shared_scene
 
 PLANE_DEPTH = 4.0  # z of the plane at x = 0 (camera frame of the middle view = world)
 PLANE_SLOPE = 0.3  # dz/dx: the plane is slanted so depth varies across the image

@@ -218,7 +218,8 @@ def test_two_browsers_start_at_the_input_camera_and_each_gets_server_renders(tmp
             # "Snap to input view", clicked in one page, moves only that browser's camera.
             scene.input_view.value = "train: c"
             pages[1].get_by_role("button", name="Snap to input view").click(timeout=60_000)
-            at_c = lambda c: np.allclose(c.camera.position, cams[2].centre.numpy(), atol=1e-3)
+            def at_c(c):
+                return np.allclose(c.camera.position, cams[2].centre.numpy(), atol=1e-3)
             assert wait_until(lambda: sum(at_c(c) for c in clients) == 1, 60)
             # Moving one browser's camera (server side, public API) renders for that browser only.
             before = dict(scene.renders_by_client)
@@ -250,7 +251,8 @@ def test_browser_pause_resume_and_stop_buttons_drive_the_fit(tmp_path: Path):
             # A connected browser gets snapshots, at most one per update_every (0.2 s) plus the
             # one on connect: the trainer's Gaussians are not copied at every step.
             snapshots = []
-            source = lambda: snapshots.append(1) or g
+            def source():
+                return snapshots.append(1) or g
             start, i = time.monotonic(), 1
             while time.monotonic() - start < 1.0 or i < 50:
                 viewer.on_step(StepEvent(i, 1000, 1.0 / i, 10.0, len(g), 0, i * 0.01, source))

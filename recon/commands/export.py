@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recon.export.cameras_json import read_cameras_json
     from recon.export.mesh import MeshSettings, gaussians_to_mesh, write_mesh
     from recon.export.ply import read_ply
-    from recon.export.cameras_json import read_cameras_json
 
     ply = args.run / "point_cloud.ply"
     if not ply.is_file():

@@ -6,8 +6,6 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from recon.commands.choices import PROTOCOLS  # recon.data.splits.PROTOCOLS without importing torch
-
 if TYPE_CHECKING:  # keep `recon --help` free of torch imports
     from recon.types import Scene, Split
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 
 from recon.errors import SceneError
 from recon.geometry import axes_meeting_point, is_rotation

@@ -21,7 +21,16 @@ import torch
 from recon.errors import SceneError
 from recon.types import Normalisation, Scene, View
 
-from .common import check_pose, check_same_size, finish_scene, list_images, make_camera, read_gray, read_many, require_dir
+from .common import (
+    check_pose,
+    check_same_size,
+    finish_scene,
+    list_images,
+    make_camera,
+    read_gray,
+    read_many,
+    require_dir,
+)
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz", "cameras_large.npz")
 

@@ -41,7 +41,7 @@ class Similarity:
         return {"scale": self.scale, "R": self.R.tolist(), "t": self.t.tolist()}
 
     @classmethod
-    def from_cameras(cls, est: list[Camera], gt: list[Camera]) -> "Similarity":
+    def from_cameras(cls, est: list[Camera], gt: list[Camera]) -> Similarity:
         """The similarity mapping the recovered cameras ``est`` onto ground truth ``gt``."""
         s, R, t = camera_similarity(est, gt)
         return cls(float(s), R.float(), t.float())

@@ -14,9 +14,10 @@ compare in the right space (see ``DepthMap.as_disparity``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ class TransformersDepthPrior:
     def predict(self, image: Tensor, *, use_cache: bool = True) -> DepthMap:
         return self.predict_batch([image], use_cache=use_cache)[0]
 
-    def without_cache(self) -> "TransformersDepthPrior":
+    def without_cache(self) -> TransformersDepthPrior:
         """The same model without the disk cache: for renders that never repeat (pseudo
         views), which would otherwise fill the cache with one file per call."""
         return TransformersDepthPrior(self.model, self.processor, name=self.name, kind=self.kind,

@@ -107,7 +107,7 @@ class Img2ImgRefiner:
     def from_pretrained(cls, path: str | Path, *, strength: float = 0.3, steps: int = 20, prompt: str = "",
                         seed: int = 0, device: str = "cpu", controlnet_path: str | Path | None = None,
                         guidance_scale: float = 1.0, negative_prompt: str | None = None,
-                        max_side: int | None = 512, dtype: torch.dtype | None = None) -> "Img2ImgRefiner":
+                        max_side: int | None = 512, dtype: torch.dtype | None = None) -> Img2ImgRefiner:
         """Stable Diffusion img2img (or ControlNet-tile img2img when ``controlnet_path`` is
         given) from local folders. ``max_side``: longer image side the model runs at (the
         output is resized back); None = the input size rounded to a multiple of 8."""

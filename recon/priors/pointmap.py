@@ -16,10 +16,11 @@ they run only where the user has the package (none is installed here).
 from __future__ import annotations
 
 import importlib
-from itertools import permutations
+from collections.abc import Sequence
 from dataclasses import replace
+from itertools import permutations
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +193,7 @@ class PointmapReconstruction:
         self.points, self.colors = result.points, result.colors
 
     @classmethod
-    def from_views(cls, model: PointmapModel, views, settings: AlignSettings | None = None) -> "PointmapReconstruction":
+    def from_views(cls, model: PointmapModel, views, settings: AlignSettings | None = None) -> PointmapReconstruction:
         settings = settings or AlignSettings()
         views = tuple(views)
         if len(views) < 2:

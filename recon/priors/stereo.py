@@ -72,7 +72,7 @@ class StereoResult:
 
 
 def multiview_stereo(
-    views: "list[View] | tuple[View, ...]",
+    views: list[View] | tuple[View, ...],
     settings: StereoSettings | None = None,
     *,
     progress: bool = True,

@@ -72,7 +72,7 @@ def build_key() -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_id(cxx: str) -> str:
     """The compiler's first --version line (its name and version), or "missing"."""
     try:

@@ -23,7 +23,6 @@ from recon.types import Gaussians
 from recon.view.scene import CameraSet, SceneView
 from recon.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewerServer
 
-
 PUSH_BUDGET = 0.02  # at most ~2% of wall time spent copying, converting and sending splats
 
 
@@ -215,7 +214,7 @@ class LiveViewer:
         self.scene.close()
         self.server.stop()
 
-    def __enter__(self) -> "LiveViewer":
+    def __enter__(self) -> LiveViewer:
         return self
 
     def __exit__(self, *exc) -> None:
