@@ -202,7 +202,8 @@ class Trainer:
         fx = float(cam.K[0, 0])
         side = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
         baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
-        shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb[0]
+        with stage("render_forward"):
+            shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb[0]
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
