@@ -130,11 +130,16 @@ def test_colmap_distortion_survives(scene, tmp_path):
 
     views = tuple(replace(v, camera=replace(v.camera, distortion=torch.tensor([0.01, -0.002, 0.0005, 0.0]))) for v in scene.views)
     root = write_scene(replace(scene, views=views), tmp_path / "c", "colmap")
-    for fmt in ("colmap",):
-        back = load_scene(root, normalise=False, format=fmt)
-        assert torch.allclose(back.views[0].camera.distortion, views[0].camera.distortion, atol=1e-7)
+    # written and read back exactly when asked to keep the distortion ...
+    back = load_scene(root, normalise=False, format="colmap", undistort=False)
+    assert torch.allclose(back.views[0].camera.distortion, views[0].camera.distortion, atol=1e-7)
     root2 = write_scene(replace(scene, views=views), tmp_path / "ns", "nerfstudio")
-    assert torch.allclose(load_scene(root2).views[2].camera.distortion, views[2].camera.distortion, atol=1e-7)
+    kept = load_scene(root2, undistort=False)
+    assert torch.allclose(kept.views[2].camera.distortion, views[2].camera.distortion, atol=1e-7)
+    # ... and by default the images are undistorted on load, so what we fit is pinhole
+    for loaded in (load_scene(root, normalise=False, format="colmap"), load_scene(root2)):
+        assert all(v.camera.distortion is None for v in loaded.views)
+        assert loaded.meta["undistorted_views"] == len(views)
 
 
 def test_farthest_split_spreads_views(scene):
