@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+# The reference LPIPS implementation (tests/test_lpips.py) and the linear-layer weights it
+# ships (recon.evaluate.lpips finds them). Without --no-deps pip pulls torchvision, whose
+# only release for torch 2.13 breaks every `import transformers` / torchmetrics import here.
+.venv/bin/python -m pip install -q --no-deps 'lpips==0.1.4'
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing chromium for the viewer's browser test"
