@@ -15,6 +15,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 
 class BuildPyWithSources(build_py):
@@ -29,9 +30,15 @@ class BuildPyWithSources(build_py):
         _build_extension(root)
 
 
+_BUILT: list[Path] = []  # editable installs reach this from two commands: build once
+
+
 def _build_extension(root: Path) -> None:
     """Best effort: compile the extension now, in a clean interpreter that sees the target
     environment's torch (pip's build isolation hides it from this process)."""
+    if root in _BUILT:
+        return
+    _BUILT.append(root)
     if os.environ.get("RECON_BUILD_EXTENSION", "1") == "0" or shutil.which(os.environ.get("CXX", "c++")) is None:
         return
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
@@ -47,4 +54,13 @@ def _build_extension(root: Path) -> None:
         print("recon: building the extension failed; it will be retried on first use", file=sys.stderr)
 
 
-setup(cmdclass={"build_py": BuildPyWithSources})
+class EditableWithExtension(editable_wheel):
+    """`pip install -e .` (the README's install) builds an editable wheel without running
+    build_py, so the extension is built here too."""
+
+    def run(self) -> None:
+        super().run()
+        _build_extension(Path(__file__).parent)
+
+
+setup(cmdclass={"build_py": BuildPyWithSources, "editable_wheel": EditableWithExtension})
