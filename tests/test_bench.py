@@ -237,3 +237,53 @@ def test_real_pipeline_bench_on_a_generated_spare_scene(tmp_path):
     assert all("psnr_masked" in c["metrics"] for c in result["cells"])  # masks from mask/, SpaRe style
     assert "psnr-M" in Path(result["paths"]["markdown"]).read_text()
     assert result["submission_problems"] == [] and Path(result["submission"]).is_file()
+
+
+def test_unposed_method_fits_a_folder_of_photos_alone(tmp_path, monkeypatch):
+    """recon-unposed hands the fit a folder holding only the scene's photographs (the same
+    file names, so the same split), never its poses, and its table carries the pose errors."""
+    import numpy as np
+
+    from recon.data.synthetic import make_synthetic_scene, write_scene
+    from recon.evaluate import bench
+    from recon.evaluate.protocols import METHODS, UNPOSED_METHOD
+
+    scene = make_synthetic_scene(seed=0, n_views=6, width=40, height=30, n_objects=2)
+    write_scene(scene, tmp_path / "data" / "llff_a", "llff")
+    seen = []
+
+    def fit(scene_dir, *, out_dir, config, views, protocol):
+        folder = Path(scene_dir)
+        seen.append((Path(out_dir).parent.name, sorted(p.name for p in folder.iterdir())))
+        run = Path(out_dir)
+        (run / "metrics.json").write_text(json.dumps({"test": {"psnr": 20.0}, "protocol": {"resolution": [40, 30]}}))
+        return run
+
+    accuracy = {"pose_errors": {"train_rot_err_max_deg": 0.5, "train_centre_err_max_pct": 2.0},
+                "metrics_gt_aligned": {"psnr": 19.0}}
+    monkeypatch.setattr(bench, "_pose_accuracy", lambda run_dir, scene_dir: accuracy)
+    suite = Suite(name="tiny_llff", scenes=("llff_a",), protocol="llff", n_views=3, train_views="linspace",
+                  test_views="i % 8", resolution="40x30", masks="none")
+    result = run_bench(suite, tmp_path / "data", tmp_path / "out", seeds=1, methods=["recon", UNPOSED_METHOD],
+                       fit_fn=fit, progress=False)
+    (posed_method, posed_files), (unposed_method, photos) = seen
+    assert posed_method == "recon" and "poses_bounds.npy" in posed_files
+    assert unposed_method == UNPOSED_METHOD and "poses_bounds.npy" not in photos
+    images = sorted(p.name for p in (tmp_path / "data" / "llff_a").rglob("*.png"))
+    assert photos == images and len(photos) == 6
+    assert UNPOSED_METHOD in METHODS
+    md = Path(result["paths"]["markdown"]).read_text()
+    row = next(line for line in md.splitlines() if f"| {UNPOSED_METHOD} |" in line)
+    assert "0.50" in row and "2.00" in row and "19.00" in row
+    posed_row = next(line for line in md.splitlines() if "| recon |" in line)
+    assert posed_row.count("n/a") >= 3  # no pose errors for a posed fit
+    assert np.isclose(result["cells"][1]["pose_errors"]["train_rot_err_max_deg"], 0.5)
+
+
+def test_unposed_method_refuses_a_scene_without_llff_poses(tmp_path):
+    from recon.errors import ConfigError
+    from recon.evaluate.bench import photos_only
+
+    (tmp_path / "scene" / "images").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="needs an LLFF scene"):
+        photos_only(tmp_path / "scene", None, tmp_path / "out")

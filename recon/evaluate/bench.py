@@ -29,6 +29,7 @@ from recon.evaluate.protocols import (
     DEFAULT_METHODS,
     DEFAULT_SEEDS,
     METHODS,
+    UNPOSED_METHOD,
     Suite,
     default_data_root,
     get_suite,
@@ -94,7 +95,7 @@ def method_config(method: str, suite_config: str | None, overrides: Sequence[str
         raise ConfigError(f"unknown bench method {method!r}; use {', '.join(METHODS)}")
     suite_cfg = load_config(suite_config)  # None = the dataclass defaults
     budget = iterations or suite_cfg.optim.iterations
-    if method == "recon":
+    if method in ("recon", UNPOSED_METHOD):
         values = suite_cfg.to_dict()
         values["optim"]["iterations"] = budget
     else:
@@ -115,16 +116,51 @@ def _merge(into: dict, update: dict) -> None:
             into[key] = value
 
 
+def photos_only(scene_dir: Path, width: int | None, folder: Path) -> Path:
+    """``folder`` holding only the photographs of a posed LLFF scene (links to the image
+    folder its loader reads at ``width``), no poses_bounds.npy: what a user with photos
+    alone has, fitted by the unposed method. The same file names, so the protocol's split
+    (by sorted name) picks the same train and test views as the posed fit."""
+    from recon.data.common import list_images
+    from recon.data.llff import POSES_FILE, image_folder
+
+    if not (scene_dir / POSES_FILE).is_file():
+        raise ConfigError(f"bench method {UNPOSED_METHOD} needs an LLFF scene ({POSES_FILE}); {scene_dir} has none")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in list_images(image_folder(scene_dir, width=width)):
+        link = folder / path.name
+        if not link.is_symlink():
+            link.symlink_to(path.resolve())
+    return folder
+
+
+def _pose_accuracy(run_dir: Path, scene_dir: Path) -> dict:
+    """Training-pose errors of an unposed cell against the dataset's poses and the score at
+    the dataset's test poses mapped through the training cameras (recon.evaluate.align)."""
+    from recon.evaluate.align import evaluate_unposed
+
+    result = evaluate_unposed(run_dir, str(scene_dir))
+    errors = result["train_pose_errors"]
+    return {"pose_errors": {"train_rot_err_max_deg": errors["rotation_error_max_deg"],
+                            "train_centre_err_max_pct": errors["centre_error_max_pct"],
+                            "centre_error_reference": errors["centre_error_reference"]},
+            "metrics_gt_aligned": result["metrics"]}
+
+
 def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path, *, suite, config: str | None,
              overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None) -> dict:
     """Fit one cell and return its record (status "failed" with the error on ReconError)."""
     cfg = method_config(method, config, [*suite.config_overrides, *overrides], seed, iterations)
     record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir),
               "iterations_configured": cfg.optim.iterations}
+    fit_input = scene_dir
+    if method == UNPOSED_METHOD:  # beside the run folders: the bench owns it, the run folder is per cell
+        fit_input = photos_only(scene_dir, cfg.data.width, run_dir.parents[2] / "_photos_only" / scene)
+        record["fit_input"] = str(fit_input)
     start = time.perf_counter()
     with PeakMemory() as mem:
         try:
-            fit_fn(str(scene_dir), out_dir=run_dir, config=cfg, views=suite.n_views, protocol=suite.protocol)
+            fit_fn(str(fit_input), out_dir=run_dir, config=cfg, views=suite.n_views, protocol=suite.protocol)
             status, error = "done", None
         except ReconError as exc:  # the user's data or set-up: record it, keep benching
             status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -151,6 +187,8 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
     record["fallbacks"] = [f"{f.get('stage')}: {f.get('used')} instead of {f.get('wanted')}"
                            for f in metrics.get("fallbacks") or []]
     record["num_gaussians"] = metrics.get("num_gaussians")
+    if method == UNPOSED_METHOD:
+        record.update(_pose_accuracy(run_dir, scene_dir))
     record["fit_peak_rss_bytes"] = metrics.get("peak_rss_bytes")
     (run_dir / "cell.json").write_text(json.dumps(record, indent=2))
     return record

@@ -114,7 +114,11 @@ METHODS = {
     "recon": "the suite's preset (configs/<suite>.yaml)",
     "baseline-3dgs": f"configs/{BASELINE_PRESET}.yaml for the suite preset's iterations (3DGS schedule cut there)",
     "baseline-3dgs-30k": f"configs/{BASELINE_PRESET}.yaml at the 3DGS 30k-iteration schedule",
+    "recon-unposed": ("the suite's preset on a folder holding only the scene's photographs (no poses): poses from "
+                      "the training views alone, test views registered against the frozen training model; "
+                      "pose errors and a GT-aligned score against the dataset's poses (LLFF scenes)"),
 }
+UNPOSED_METHOD = "recon-unposed"
 DEFAULT_METHODS = ("recon", "baseline-3dgs")
 DEFAULT_SEEDS = 3
 

@@ -22,6 +22,10 @@ from recon.evaluate.metrics import METRIC_IMPLEMENTATIONS
 _BASE_KEYS = ("psnr", "ssim_3dgs", "ssim_skimage", "lpips_vgg", "lpips_alex")
 METRIC_KEYS = (*(f"{k}_masked" for k in _BASE_KEYS), *_BASE_KEYS)
 COST_KEYS = ("fit_seconds", "wall_seconds", "peak_rss_mb", "peak_cuda_mb")
+# Unposed cells (bench method recon-unposed): recovered training poses against the dataset's,
+# after the similarity that aligns the training cameras (recon.evaluate.align.pose_errors),
+# and PSNR at the dataset's test poses mapped through that similarity (no registration).
+POSE_KEYS = ("train_rot_err_max_deg", "train_centre_err_max_pct", "psnr_gt_aligned_poses")
 # What each cell says about how it ran (the same for every seed unless something fell back).
 TEXT_KEYS = ("test_poses", "init", "fallbacks")
 HIGHER_IS_BETTER = {k: not k.startswith("lpips") for k in METRIC_KEYS}
@@ -51,6 +55,10 @@ def mean_std(values: list) -> dict:
 
 
 def _cell_value(cell: dict, key: str):
+    if key == "psnr_gt_aligned_poses":
+        return (cell.get("metrics_gt_aligned") or {}).get("psnr")
+    if key in POSE_KEYS:
+        return (cell.get("pose_errors") or {}).get(key)
     if key in COST_KEYS:
         if key in ("wall_seconds", "fit_seconds"):
             return cell.get(key)
@@ -64,6 +72,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
     averaged over scenes for each seed, then mean ± std of those over seeds."""
     done = [c for c in cells if c.get("status") == "done"]
     keys = [k for k in METRIC_KEYS if any(k in (c.get("metrics") or {}) for c in done)] + list(COST_KEYS)
+    keys += [k for k in POSE_KEYS if any(_cell_value(c, k) is not None for c in done)]
     rows = []
     methods = list(dict.fromkeys(c["method"] for c in cells))
     scenes = list(dict.fromkeys(c["scene"] for c in cells))
@@ -117,7 +126,8 @@ def _fmt(entry: dict | None, key: str) -> str:
     m, s = entry["mean"], entry.get("std")
     if math.isinf(m):
         return "inf"
-    digits = {"psnr": 2, "psnr_masked": 2, "wall_seconds": 0, "fit_seconds": 0, "peak_rss_mb": 0,
+    digits = {"psnr": 2, "psnr_masked": 2, "psnr_gt_aligned_poses": 2, "train_rot_err_max_deg": 2,
+              "train_centre_err_max_pct": 2, "wall_seconds": 0, "fit_seconds": 0, "peak_rss_mb": 0,
               "peak_cuda_mb": 0}.get(key, 3)
     text = f"{m:.{digits}f}"
     return text + (f" ± {s:.{digits}f}" if s is not None else "")
@@ -146,7 +156,7 @@ def write_reports(out_dir: str | Path, cells: list[dict], protocol: dict, extra:
     paths = {"json": out / "results.json", "csv": out / "results.csv", "cells_csv": out / "cells.csv",
              "markdown": out / "results.md"}
     paths["json"].write_text(json.dumps(_json_safe(payload), indent=2))
-    keys = [k for k in (*METRIC_KEYS, *COST_KEYS) if rows and k in rows[0]]
+    keys = [k for k in (*METRIC_KEYS, *COST_KEYS, *POSE_KEYS) if rows and k in rows[0]]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["scene", "method", "n_seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")]])
@@ -277,7 +287,8 @@ def plot_training_curves(folder: Path, cells: list[dict]) -> dict[str, Path]:
         ax.set_title(scene, fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylabel("train PSNR (dB)")
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a scene whose cells wrote no log has no curves
+            ax.legend(fontsize=6)
     path = folder / "training_curves.png"
     fig.tight_layout()
     fig.savefig(path, dpi=80)

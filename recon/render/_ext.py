@@ -8,6 +8,11 @@ binary: the sources' content, compiler and its version, flags, Python, torch (an
 versions and the CPU architecture. The build targets the architecture's baseline; the hot
 loops pick their instruction set at run time, so a cache shared between machines is safe.
 The CUDA sources are added only when this torch was built with CUDA and a device is visible.
+
+The sources are compiled from a copy inside that folder, not from where they were found:
+torch's builder (ninja) keys its rebuild decision on the source *paths*, so two checkouts
+(or an installed and an editable copy) with identical sources would otherwise rebuild one
+another's binary on every switch, a minute or more each time.
 """
 
 from __future__ import annotations
@@ -111,11 +116,29 @@ def has_cuda(module) -> bool:
     return bool(module.has_cuda())
 
 
+def _staged_sources(src: Path, folder: Path) -> Path:
+    """A copy of ``src`` (the sources the key was computed from) at ``folder/sources``;
+    written once per key, atomically (a concurrent build either sees all of it or none)."""
+    staged = folder / "sources"
+    if (staged / "src" / "binding.cpp").is_file():
+        return staged
+    tmp = folder / f"sources.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.o", "*.so"))
+    try:
+        tmp.rename(staged)
+    except OSError:  # another process staged it first: identical content (same key)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return staged
+
+
 def _build(verbose: bool):
-    src = source_dir()
-    if not (src / "src" / "binding.cpp").is_file():
+    found = source_dir()
+    if not (found / "src" / "binding.cpp").is_file():
         raise MissingDependencyError(
-            f"rasteriser sources not found in {src}; reinstall recon (pip install -e .)")
+            f"rasteriser sources not found in {found}; reinstall recon (pip install -e .)")
+    folder = build_dir()
+    src = _staged_sources(found, folder)
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise MissingDependencyError(
@@ -133,7 +156,7 @@ def _build(verbose: bool):
     from rich.console import Console
 
     status = Console(stderr=True).status(
-        f"building the recon rasteriser extension in {build_dir()} (first use only, 1-3 min)")
+        f"building the recon rasteriser extension in {folder} (first use only, 1-3 min)")
     try:
         with status:
             return cpp_extension.load(
@@ -142,13 +165,13 @@ def _build(verbose: bool):
                 extra_include_paths=[str(src / "include")],
                 extra_cflags=cflags,
                 extra_ldflags=["-fopenmp"],
-                build_directory=str(build_dir()),
+                build_directory=str(folder),
                 verbose=verbose,
                 **kwargs,
             )
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
         last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise MissingDependencyError(
-            f"building the rasteriser extension in {build_dir()} failed ({last}); check that "
+            f"building the rasteriser extension in {folder} failed ({last}); check that "
             "g++ (and nvcc for CUDA) work, delete that folder and retry, or use "
             "settings.backend='reference'") from err
