@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recon.errors import ReconError
 from recon.evaluate.bench import method_config, run_bench, scale_schedule
 from recon.evaluate.memory import PeakMemory, peak_rss_bytes
 from recon.evaluate.metrics import image_metrics, summarise
@@ -117,6 +118,25 @@ def test_resume_skips_finished_cells(data_root, tmp_path):
                                            ("scene_b", "baseline-3dgs", 1)])
     assert sum(bool(c.get("resumed")) for c in result["cells"]) == 3
     assert not (cell / "stale.txt").exists()  # the interrupted cell was refitted from a clean folder
+
+
+def test_report_only_fits_nothing_and_lists_what_did_not_run(data_root, tmp_path):
+    out = tmp_path / "bench"
+    run_bench(_suite(), data_root, out, seeds=1, methods=["recon"], fit_fn=StandInFit(), progress=False)
+    untouched = StandInFit()
+    result = run_bench(_suite(), data_root, out, seeds=2, methods=["recon", "baseline-3dgs"], fit_fn=untouched,
+                       progress=False, report_only=True)
+    assert untouched.calls == []
+    assert {(c["scene"], c["method"], c["seed"]) for c in result["cells"]} == {("scene_a", "recon", 0),
+                                                                               ("scene_b", "recon", 0)}
+    assert sorted(result["protocol"]["cells_not_run"]) == sorted(
+        f"{s}/{m}/seed{k}" for s in ("scene_a", "scene_b") for m, k in (("recon", 1), ("baseline-3dgs", 0),
+                                                                          ("baseline-3dgs", 1)))
+    md = Path(result["paths"]["markdown"]).read_text()
+    assert "cells_not_run" in md and "scene_a/baseline-3dgs/seed1" in md
+    with pytest.raises(ReconError, match="no finished cell"):
+        run_bench(_suite(), data_root, tmp_path / "empty", seeds=1, fit_fn=untouched, progress=False,
+                  report_only=True)
 
 
 def test_failed_cell_is_reported_not_fatal(data_root, tmp_path):

@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--scenes", default=None, help="comma-separated subset of the suite's scenes")
     p.add_argument("--lpips-weights", default=None, metavar="DIR",
                    help="folder with LPIPS backbone and linear weights (else LPIPS is null)")
+    p.add_argument("--report-only", action="store_true",
+                   help="fit nothing: write the tables from the cells already finished in --out "
+                   "(the others are listed as not run)")
     p.set_defaults(func=run)
 
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides, iterations=args.iterations,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         scenes=[s.strip() for s in args.scenes.split(",")] if args.scenes else None,
-        lpips_weights=args.lpips_weights,
+        lpips_weights=args.lpips_weights, report_only=args.report_only,
     )
     print(open(result["paths"]["markdown"]).read())
     failed = [c for c in result["cells"] if c["status"] != "done"]

@@ -208,9 +208,12 @@ def run_bench(
     lpips_weights: str | None = None,
     fit_fn: Callable | None = None,
     progress: bool = True,
+    report_only: bool = False,
 ) -> dict:
     """Run a suite over the scenes found under ``data_root`` (default ../shared/data) and
-    write its reports into ``out_dir``. Returns {"cells": [...], "paths": {...}}."""
+    write its reports into ``out_dir``. Returns {"cells": [...], "paths": {...}}.
+    ``report_only``: fit nothing; tables from the cells that finished (the others are listed
+    as not run), e.g. for a bench stopped before its last seeds."""
     spec = get_suite(suite)
     root = Path(data_root) if data_root is not None else default_data_root()
     if root is None or not root.is_dir():
@@ -229,13 +232,16 @@ def run_bench(
     config = suite_config(spec, config)
     out = Path(out_dir)
     todo = [(n, p, m, s) for n, p in found for m in methods for s in seed_list]
-    cells = []
-    with _lpips_env(lpips_weights), _progress(progress, len(todo), spec.name) as advance:
+    cells, not_run = [], []
+    with _lpips_env(lpips_weights), _progress(progress and not report_only, len(todo), spec.name) as advance:
         for name, path, method, seed in todo:
             run_dir = out / "runs" / name / method / f"seed{seed}"
             done = run_dir / "cell.json"
             if done.is_file():  # resume: a finished cell is never re-fitted
                 cells.append({**json.loads(done.read_text()), "resumed": True})
+            elif report_only:
+                not_run.append(f"{name}/{method}/seed{seed}")
+                continue
             else:
                 if run_dir.exists():  # an interrupted cell: start clean (log.jsonl would append to the old one)
                     import shutil
@@ -249,11 +255,14 @@ def run_bench(
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "test_pose_refined": False,
+                "cells_not_run": not_run,
                 # what the fits actually ran at (a --set data.width=... changes the suite's resolution)
                 "evaluated_resolution": sorted({"x".join(map(str, c["resolution"])) for c in cells if c.get("resolution")}),
                 "methods": {m: METHODS[m] for m in methods},
                 "aggregation": f"mean ± sample std over the seeds {seed_list} (never best-of)"}
-    extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover else {}
+    if not cells:
+        raise ReconError(f"no finished cell of suite {spec.name} in {out} to report (drop --report-only to fit them)")
+    extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover and not report_only else {}
     paths = write_reports(out, cells, protocol, extra)
     return {"cells": cells, "paths": {k: str(v) for k, v in paths.items()}, "protocol": protocol, **extra}
 
