@@ -219,12 +219,14 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
         try:
             sim = Similarity.from_cameras([v.camera for v in train], [truth[v.name] for v in train])
         except ReconError as exc:  # e.g. a mirrored reconstruction
-            row.update(error=f"accepted by SfM but wrong: {exc}", route=rec.record["train_poses"]["route"])
+            row.update(error=f"accepted by SfM but wrong: {exc}", route=rec.record["train_poses"]["route"],
+                       rotation_only_share=rec.record["train_poses"].get("rotation_only_share"))
             (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
             continue
         e = pose_errors([v.camera for v in train], [truth[v.name] for v in train], sim)
         et = pose_errors([v.camera for v in test], [truth[v.name] for v in test], sim) if test else None
-        row.update(route=rec.record["train_poses"]["route"], rot_err_max_deg=e["rotation_error_max_deg"],
+        row.update(route=rec.record["train_poses"]["route"], rotation_only_share=rec.record["train_poses"].get(
+                   "rotation_only_share"), rot_err_max_deg=e["rotation_error_max_deg"],
                    centre_err_max_pct=e["centre_error_max_pct"], rot_errs_deg=e["rotation_errors_deg"],
                    centre_errs_pct=e["centre_errors_pct"], focal_px=float(train[0].camera.K[0, 0]),
                    focal_gt_px=float(truth[train[0].name].K[0, 0]),

@@ -12,7 +12,7 @@ from test_stereo import PLANE_DEPTH, PLANE_SLOPE, plane_views
 
 from recon.errors import ReconError
 from recon.geometry import umeyama
-from recon.priors.sfm import recover_poses, triangulate_sift
+from recon.priors.sfm import reconstruct, recover_poses, rotation_only_matches, triangulate_sift
 
 
 def _frame_points(views) -> torch.Tensor:
@@ -95,3 +95,61 @@ def test_recover_poses_on_the_synthetic_scene():
     recovered = recover_poses([replace(v, depth=None, mask=None) for v in truth])
     assert max(rotation_errors_deg(truth, recovered)) < 1.0  # measured 0.16-0.33 degrees
     assert abs(float(recovered[0].camera.K[0, 0]) / float(truth[0].camera.K[0, 0]) - 1) < 0.03
+
+
+# ---- depth-reversal guard: views whose matches a pure camera rotation explains ------------
+
+
+def _project(K, R, t, X):
+    x = (X @ R.T + t) @ K.T
+    return x[:, :2] / x[:, 2:3]
+
+
+def test_a_pure_rotation_explains_rotated_views_and_gives_their_focal_but_not_a_step_sideways():
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    size, f = (504, 378), 430.0
+    K = np.array([[f, 0, 252], [0, f, 189], [0, 0, 1]])
+    R = Rotation.from_euler("xyz", [1.0, 6.0, 0.5], degrees=True).as_matrix()
+    far = rng.uniform([-25, -18, 40], [25, 18, 60], (400, 3))  # a distant scene, cameras 0.3 apart
+    x1 = _project(K, np.eye(3), np.zeros(3), far)
+    x2 = _project(K, R, np.array([0.3, 0, 0]), far) + rng.normal(0, 0.3, (400, 2))
+    focal, explained = rotation_only_matches(x1, x2, size, size, 4.0)
+    assert explained >= 390 and abs(focal / f - 1) < 0.05  # parallax 2-3 px: below the 4 px threshold
+    near = rng.uniform([-2, -1.5, 2], [2, 1.5, 6], (400, 3))  # depth 2-6, the same step: 20-60 px of parallax
+    x1 = _project(K, np.eye(3), np.zeros(3), near)
+    x2 = _project(K, R, np.array([0.3, 0, 0]), near) + rng.normal(0, 0.3, (400, 2))
+    _, explained = rotation_only_matches(x1, x2, size, size, 4.0)
+    assert explained < 0.4 * 400  # measured 110 (points near the mean depth); the guard refuses above 70 %
+
+
+def test_views_taken_from_one_spot_fail_naming_the_views_and_their_matches():
+    """A camera panning in place over the generated scene (each image is an exact rotation
+    warp K R K^-1 of one rendered view): no parallax fixes the positions, so SfM must refuse
+    with the views and their matches, not return a model (the mapper of this guard's
+    predecessor failed here with an unrelated message, or returned arbitrary centres)."""
+    import cv2
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from recon.data.synthetic import make_synthetic_scene
+
+    v = make_synthetic_scene(seed=0, n_views=1, width=400, height=300).views[0]
+    K = v.camera.K.double().numpy()
+    views = []
+    for i, yaw in enumerate((-5.0, 0.0, 5.0)):
+        Hm = K @ Rotation.from_euler("xy", [0.4 * i, yaw], degrees=True).as_matrix() @ np.linalg.inv(K)
+        image = cv2.warpPerspective(v.image.numpy(), Hm, (v.width, v.height), flags=cv2.INTER_LINEAR)
+        guess = torch.tensor([[480.0, 0, 200], [0, 480.0, 150], [0, 0, 1]])  # the 1.2 x max-side prior
+        views.append(replace(v, name=f"pan{i}", image=torch.from_numpy(image), depth=None, mask=None,
+                             camera=replace(v.camera, K=guess, T_cam_world=torch.eye(4))))
+    with pytest.raises(ReconError, match=r"rotation alone.*view pan\d \(\d+ of \d+ verified matches with pan\d.*"
+                                         r"--stereo-model") as info:
+        reconstruct(views)
+    assert info.value.exit_code == 2
+    # the rotation-only focal is the renderer's, not the prior's (the message quotes it)
+    focal = float(K[0, 0])
+    quoted = float(str(info.value).split("focal ~")[1].split(" px")[0])
+    assert abs(quoted / focal - 1) < 0.05, (quoted, focal)
