@@ -52,9 +52,13 @@ class StandInFit:
             pred = (gt + NOISE[method] * torch.randn(gt.shape, generator=g)).clamp(0, 1)
             per_view.append({"name": f"v{i}", **image_metrics(pred, gt)})
         run = Path(out_dir)
+        breakdown = {"load": 0.5, "stereo": 2.0, "init": 0.25, "extension_load": 1.0,
+                     "per_iteration_median": {"iteration": 0.04, "render_forward": 0.01, "render_backward": 0.02,
+                                              "losses": 0.005}}
         (run / "metrics.json").write_text(json.dumps({"test": summarise(per_view), "fit_seconds": 0.1,
                                                       "iterations": config.optim.iterations,
-                                                      "protocol": {"resolution": [40, 30]}}))
+                                                      "protocol": {"resolution": [40, 30]},
+                                                      "time_breakdown": breakdown}))
         (run / "log.jsonl").write_text("".join(json.dumps({"iteration": it, "psnr": 10 + it / 10, "loss": 1.0}) + "\n"
                                                for it in (10, 20, 30)))
         return run
@@ -90,8 +94,11 @@ def test_tables_written_with_baseline_and_seed_statistics(data_root, tmp_path):
     md = (out / "results.md").read_text()
     assert "baseline-3dgs" in md and "± " in md and "40x30" in md and "n/a" in md
     header = next(line for line in md.splitlines() if line.startswith("| scene"))
-    for column in ("psnr", "ssim_3dgs", "ssim_skimage", "lpips_vgg", "test_poses", "init", "fallbacks", "fit_seconds"):
+    for column in ("psnr", "ssim_3dgs", "ssim_skimage", "lpips_vgg", "test_poses", "init", "fallbacks", "fit_seconds",
+                   "iteration_ms", "render_forward_ms", "render_backward_ms", "losses_ms", "setup_seconds"):
         assert f" {column} " in header, column
+    row = rows[("scene_a", "recon")]
+    assert row["render_backward_ms"]["mean"] == pytest.approx(20.0) and row["setup_seconds"]["mean"] == pytest.approx(3.75)
     assert "| SSIM |" not in md and "never best-of" in md and "seeds 0, 1" in md
     assert "dataset (posed)" in md  # a run that does not say how it got its test poses is a posed one
     with open(out / "results.csv") as f:
@@ -117,6 +124,14 @@ def test_resume_skips_finished_cells(data_root, tmp_path):
                                            ("scene_a", "baseline-3dgs", 1), ("scene_b", "recon", 1),
                                            ("scene_b", "baseline-3dgs", 1)])
     assert sum(bool(c.get("resumed")) for c in result["cells"]) == 3
+    # a cell finished before cells carried the time breakdown gets it from its metrics.json
+    old_cell = out / "runs" / "scene_a" / "recon" / "seed0" / "cell.json"
+    record = json.loads(old_cell.read_text())
+    del record["time_breakdown"]
+    old_cell.write_text(json.dumps(record))
+    again = run_bench(_suite(), data_root, out, seeds=1, fit_fn=StandInFit(), progress=False, report_only=True)
+    resumed = next(c for c in again["cells"] if c["scene"] == "scene_a" and c["method"] == "recon")
+    assert resumed["time_breakdown"]["per_iteration_median"]["render_forward"] == 0.01
     assert not (cell / "stale.txt").exists()  # the interrupted cell was refitted from a clean folder
 
 

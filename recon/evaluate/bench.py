@@ -187,10 +187,21 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
     record["fallbacks"] = [f"{f.get('stage')}: {f.get('used')} instead of {f.get('wanted')}"
                            for f in metrics.get("fallbacks") or []]
     record["num_gaussians"] = metrics.get("num_gaussians")
+    record["time_breakdown"] = metrics.get("time_breakdown")
     if method == UNPOSED_METHOD:
         record.update(_pose_accuracy(run_dir, scene_dir))
     record["fit_peak_rss_bytes"] = metrics.get("peak_rss_bytes")
     (run_dir / "cell.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _with_time_breakdown(record: dict) -> dict:
+    """A finished cell recorded before cells carried the fit's time breakdown: read it from
+    the run's metrics.json (recon.timing), so every table has the same columns."""
+    if "time_breakdown" not in record and record.get("status") == "done":
+        path = Path(record.get("run_dir", "")) / "metrics.json"
+        if path.is_file():
+            record = {**record, "time_breakdown": json.loads(path.read_text()).get("time_breakdown")}
     return record
 
 
@@ -238,7 +249,7 @@ def run_bench(
             run_dir = out / "runs" / name / method / f"seed{seed}"
             done = run_dir / "cell.json"
             if done.is_file():  # resume: a finished cell is never re-fitted
-                cells.append({**json.loads(done.read_text()), "resumed": True})
+                cells.append({**_with_time_breakdown(json.loads(done.read_text())), "resumed": True})
             elif report_only:
                 not_run.append(f"{name}/{method}/seed{seed}")
                 continue
