@@ -37,20 +37,22 @@ constexpr int64_t kGaussianChunk = 2048;
 // Counters of the last forward and backward calls (for the benchmark's throughput).
 std::atomic<int64_t> g_fwd_lanes{0}, g_fwd_blended{0}, g_bwd_lanes{0}, g_isect{0};
 
-// extents [C*N, 3] (see cpu::splat_extent) of every screen-space Gaussian.
+// Every screen-space Gaussian [C*N] packed for the tile loops (see cpu::pack_splat).
 template <typename T>
-std::unique_ptr<T[]> splat_extents(int64_t CN, const T* conics, const T* opacities) {
-  std::unique_ptr<T[]> ext(new T[size_t(CN) * 3]);
+std::unique_ptr<cpu::PackedSplat<T>[]> pack_splats(int64_t CN, const T* means2d, const T* conics,
+                                                   const T* colors, const T* opacities, const T* depths) {
+  std::unique_ptr<cpu::PackedSplat<T>[]> packed(new cpu::PackedSplat<T>[size_t(CN)]);
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
-  for (int64_t i = 0; i < CN; ++i) cpu::splat_extent(conics + 3 * i, opacities[i], ext.get() + 3 * i);
-  return ext;
+  for (int64_t i = 0; i < CN; ++i)
+    cpu::pack_splat(means2d + 2 * i, conics + 3 * i, colors + 3 * i, opacities[i], depths[i], packed[i]);
+  return packed;
 }
 
-template <typename T>
-cpu::Splats<T> camera_splats(const TileParams& p, int64_t c, const T* means2d, const T* conics,
-                             const T* colors, const T* opacities, const T* depths, const T* extents) {
-  const int64_t o = c * p.N;
-  return {means2d + 2 * o, conics + 3 * o, colors + 3 * o, opacities + o, depths + o, extents + 3 * o};
+// An unsigned integer that orders like the float (IEEE bits with the sign folded; -0 sorts
+// just before +0), for sorting by depth with integer keys.
+inline uint32_t depth_order_key(float d) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, d);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 }
 
 cpu::Tile tile_of(const TileParams& p, int64_t t) {
@@ -115,15 +117,25 @@ void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radi
   (void)n_isect;
 #pragma omp parallel
   {
-    std::vector<std::pair<T, int32_t>> buf;
+    std::vector<uint64_t> keys;
+    std::vector<std::pair<T, int32_t>> pairs;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < total_tiles; ++t) {
       const int64_t a = tile_offsets[t], b = tile_offsets[t + 1];
       const T* dep = depths + (t / n_tiles) * p.N;
-      buf.clear();
-      for (int64_t k = a; k < b; ++k) buf.emplace_back(dep[flat_ids[k]], flat_ids[k]);
-      std::sort(buf.begin(), buf.end());  // by depth, then index
-      for (int64_t k = a; k < b; ++k) flat_ids[k] = buf[k - a].second;
+      // by depth, then index
+      if constexpr (std::is_same_v<T, float>) {  // one integer per entry sorts faster than pairs
+        keys.clear();
+        for (int64_t k = a; k < b; ++k)
+          keys.push_back(uint64_t(depth_order_key(dep[flat_ids[k]])) << 32 | uint32_t(flat_ids[k]));
+        std::sort(keys.begin(), keys.end());
+        for (int64_t k = a; k < b; ++k) flat_ids[k] = int32_t(uint32_t(keys[k - a]));
+      } else {
+        pairs.clear();
+        for (int64_t k = a; k < b; ++k) pairs.emplace_back(dep[flat_ids[k]], flat_ids[k]);
+        std::sort(pairs.begin(), pairs.end());
+        for (int64_t k = a; k < b; ++k) flat_ids[k] = pairs[k - a].second;
+      }
     }
   }
 }
@@ -133,14 +145,14 @@ void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, 
                         const T* opacities, const T* depths, const int64_t* tile_offsets,
                         const int32_t* flat_ids, T* rgb, T* depth_sum, T* alpha, int32_t* n_contrib) {
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C;
-  const auto extents = splat_extents(int64_t(p.C) * p.N, conics, opacities);
+  const auto packed = pack_splats(int64_t(p.C) * p.N, means2d, conics, colors, opacities, depths);
   const cpu::TileKernels<T> kernels = cpu::tile_kernels<T>(p.tile_size);
   int64_t lanes = 0, blended = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : lanes, blended)
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t c = job / n_tiles;
     const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::Splats<T> g = camera_splats(p, c, means2d, conics, colors, opacities, depths, extents.get());
+    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
     const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
     const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
     cpu::TileCounts counts;
@@ -163,7 +175,7 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C, CN = int64_t(p.C) * p.N;
   const int64_t n_isect = tile_offsets[jobs];
   constexpr int G = kGradSlots;
-  const auto extents = splat_extents(CN, conics, opacities);
+  const auto packed = pack_splats(CN, means2d, conics, colors, opacities, depths);
   const cpu::TileKernels<T> kernels = cpu::tile_kernels<T>(p.tile_size);
   // One gradient slot per tile-list entry [n_isect, G]; every slot is written by its tile.
   std::unique_ptr<T[]> isect_grads(new T[size_t(n_isect) * G]);
@@ -172,7 +184,7 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t c = job / n_tiles;
     const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::Splats<T> g = camera_splats(p, c, means2d, conics, colors, opacities, depths, extents.get());
+    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
     const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
     const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
     cpu::TileCounts counts;
