@@ -66,6 +66,41 @@ cpu::Tile tile_of(const TileParams& p, int64_t t) {
   return tile;
 }
 
+// Stable counting sort, in parallel: items [0, n) each emit keys in [0, n_keys) through
+// keys_of(i, emit) (emit(key) once per key, in a fixed order); writes offsets [n_keys + 1]
+// and calls place(pos, i) so that every key's items lie at [offsets[key], offsets[key + 1])
+// in item order. The result does not depend on the thread count: the items are cut into
+// chunks, each counts its keys, and each chunk's items start after the earlier chunks'.
+template <typename KeysOf, typename Place>
+void stable_counting_sort(int64_t n, int64_t n_keys, const KeysOf& keys_of, int64_t* offsets,
+                          const Place& place) {
+  const int chunks = int(std::max<int64_t>(1, std::min<int64_t>({omp_get_max_threads(), 8, n / 4096})));
+  // counts[ch * n_keys + key]: the chunk's count, then the position of its next item of key
+  std::vector<int64_t> counts(size_t(chunks) * size_t(n_keys), 0);
+  auto begin = [&](int ch) { return n * ch / chunks; };
+#pragma omp parallel for schedule(static, 1)
+  for (int ch = 0; ch < chunks; ++ch) {
+    int64_t* cnt = counts.data() + size_t(ch) * n_keys;
+    for (int64_t i = begin(ch); i < begin(ch + 1); ++i) keys_of(i, [&](int64_t key) { ++cnt[key]; });
+  }
+  int64_t pos = 0;
+  for (int64_t key = 0; key < n_keys; ++key) {
+    offsets[key] = pos;
+    for (int ch = 0; ch < chunks; ++ch) {
+      const int64_t c = counts[size_t(ch) * n_keys + key];
+      counts[size_t(ch) * n_keys + key] = pos;
+      pos += c;
+    }
+  }
+  offsets[n_keys] = pos;
+#pragma omp parallel for schedule(static, 1)
+  for (int ch = 0; ch < chunks; ++ch) {
+    int64_t* next = counts.data() + size_t(ch) * n_keys;
+    for (int64_t i = begin(ch); i < begin(ch + 1); ++i)
+      keys_of(i, [&](int64_t key) { place(next[key]++, i); });
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -94,26 +129,16 @@ void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radi
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y();
   const int64_t total_tiles = n_tiles * p.C;
   // Counting sort by (camera, tile); Gaussians enter in index order, so the per-tile
-  // depth sort below can break ties by index with a stable sort.
-  std::vector<int64_t> counts(total_tiles + 1, 0);
-  for (int64_t i = 0; i < int64_t(p.C) * p.N; ++i) {
-    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) continue;
-    const int64_t c = i / p.N;
+  // depth sort below can break ties by index.
+  auto tiles_of = [&](int64_t i, const auto& emit) {
+    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) return;
+    const int64_t base = (i / p.N) * n_tiles;
     const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
     for (int ty = r.y0; ty < r.y1; ++ty)
-      for (int tx = r.x0; tx < r.x1; ++tx) ++counts[c * n_tiles + int64_t(ty) * p.tiles_x() + tx + 1];
-  }
-  for (int64_t t = 0; t < total_tiles; ++t) counts[t + 1] += counts[t];
-  std::copy(counts.begin(), counts.end(), tile_offsets);
-  std::vector<int64_t> cursor(counts.begin(), counts.end() - 1);
-  for (int64_t i = 0; i < int64_t(p.C) * p.N; ++i) {
-    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) continue;
-    const int64_t c = i / p.N;
-    const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
-    for (int ty = r.y0; ty < r.y1; ++ty)
-      for (int tx = r.x0; tx < r.x1; ++tx)
-        flat_ids[cursor[c * n_tiles + int64_t(ty) * p.tiles_x() + tx]++] = int32_t(i - c * p.N);
-  }
+      for (int tx = r.x0; tx < r.x1; ++tx) emit(base + int64_t(ty) * p.tiles_x() + tx);
+  };
+  stable_counting_sort(int64_t(p.C) * p.N, total_tiles, tiles_of, tile_offsets,
+                       [&](int64_t pos, int64_t i) { flat_ids[pos] = int32_t(i % p.N); });
   (void)n_isect;
 #pragma omp parallel
   {
@@ -196,19 +221,13 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   // Entries of each (camera, Gaussian) in tile order: a counting sort of the entry indices.
   std::vector<int64_t> first(CN + 1, 0);
   std::unique_ptr<int64_t[]> order(new int64_t[size_t(n_isect)]);
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t base = (job / n_tiles) * p.N;
-    for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k) ++first[base + flat_ids[k] + 1];
-  }
-  for (int64_t i = 0; i < CN; ++i) first[i + 1] += first[i];
-  {
-    std::vector<int64_t> cursor(first.begin(), first.end() - 1);
-    for (int64_t job = 0; job < jobs; ++job) {
-      const int64_t base = (job / n_tiles) * p.N;
-      for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k)
-        order[cursor[base + flat_ids[k]]++] = k;
-    }
-  }
+  auto gaussian_of = [&](int64_t k, const auto& emit) {
+    int64_t c = 0;  // the entry's camera
+    while (c + 1 < p.C && k >= tile_offsets[(c + 1) * n_tiles]) ++c;
+    emit(c * p.N + flat_ids[k]);
+  };
+  stable_counting_sort(n_isect, CN, gaussian_of, first.data(),
+                       [&](int64_t pos, int64_t k) { order[pos] = k; });
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
   for (int64_t i = 0; i < CN; ++i) {
     T sum[G] = {};

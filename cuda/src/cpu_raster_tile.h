@@ -253,8 +253,10 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
 // depend on the vector width.
 template <typename T, int TS>
 RECON_TILE_INLINE T lane_sum(T* v) {
-  for (int half = TS / 2; half > 0; half /= 2)
+  for (int half = TS / 2; half > 0; half /= 2) {
+#pragma omp simd
     for (int x = 0; x < half; ++x) v[x] += v[x + half];
+  }
   return v[0];
 }
 
@@ -295,7 +297,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
       max_last = std::max(max_last, n_contrib[pix]);
     }
   const int64_t n_walk = std::min<int64_t>(max_last, n);
-  std::memset(grads + n_walk * G, 0, sizeof(T) * size_t(n - n_walk) * G);
+  std::memset(grads, 0, sizeof(T) * size_t(n) * G);  // entries that blend nowhere here stay 0
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
   // Per-lane partial sums of one entry's gradient over its rows, reduced once per entry
@@ -303,8 +305,6 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
   alignas(64) T acc[G][TS];
   for (int64_t k = n_walk - 1; k >= 0; --k) {
     if (k >= kPrefetchAhead) __builtin_prefetch(g + ids[k - kPrefetchAhead]);
-    T* out = grads + k * G;
-    for (int j = 0; j < G; ++j) out[j] = T(0);
     Splat<T> s;
     if (!gather(g, ids[k], tile, s)) continue;
     const T kf = T(k);
@@ -384,7 +384,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
       }
     }
     if (any_row)
-      for (int j = 0; j < G; ++j) out[j] = lane_sum<T, TS>(acc[j]);
+      for (int j = 0; j < G; ++j) grads[k * G + j] = lane_sum<T, TS>(acc[j]);
   }
   counts.lanes += lanes;
 }
