@@ -37,20 +37,22 @@ constexpr int64_t kGaussianChunk = 2048;
 // Counters of the last forward and backward calls (for the benchmark's throughput).
 std::atomic<int64_t> g_fwd_lanes{0}, g_fwd_blended{0}, g_bwd_lanes{0}, g_isect{0};
 
-// extents [C*N, 3] (see cpu::splat_extent) of every screen-space Gaussian.
+// Every screen-space Gaussian [C*N] packed for the tile loops (see cpu::pack_splat).
 template <typename T>
-std::unique_ptr<T[]> splat_extents(int64_t CN, const T* conics, const T* opacities) {
-  std::unique_ptr<T[]> ext(new T[size_t(CN) * 3]);
+std::unique_ptr<cpu::PackedSplat<T>[]> pack_splats(int64_t CN, const T* means2d, const T* conics,
+                                                   const T* colors, const T* opacities, const T* depths) {
+  std::unique_ptr<cpu::PackedSplat<T>[]> packed(new cpu::PackedSplat<T>[size_t(CN)]);
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
-  for (int64_t i = 0; i < CN; ++i) cpu::splat_extent(conics + 3 * i, opacities[i], ext.get() + 3 * i);
-  return ext;
+  for (int64_t i = 0; i < CN; ++i)
+    cpu::pack_splat(means2d + 2 * i, conics + 3 * i, colors + 3 * i, opacities[i], depths[i], packed[i]);
+  return packed;
 }
 
-template <typename T>
-cpu::Splats<T> camera_splats(const TileParams& p, int64_t c, const T* means2d, const T* conics,
-                             const T* colors, const T* opacities, const T* depths, const T* extents) {
-  const int64_t o = c * p.N;
-  return {means2d + 2 * o, conics + 3 * o, colors + 3 * o, opacities + o, depths + o, extents + 3 * o};
+// An unsigned integer that orders like the float (IEEE bits with the sign folded; -0 sorts
+// just before +0), for sorting by depth with integer keys.
+inline uint32_t depth_order_key(float d) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, d);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 }
 
 cpu::Tile tile_of(const TileParams& p, int64_t t) {
@@ -62,6 +64,41 @@ cpu::Tile tile_of(const TileParams& p, int64_t t) {
   tile.h = std::min(p.tile_size, p.height - tile.y0);
   tile.stride = p.width;
   return tile;
+}
+
+// Stable counting sort, in parallel: items [0, n) each emit keys in [0, n_keys) through
+// keys_of(i, emit) (emit(key) once per key, in a fixed order); writes offsets [n_keys + 1]
+// and calls place(pos, i) so that every key's items lie at [offsets[key], offsets[key + 1])
+// in item order. The result does not depend on the thread count: the items are cut into
+// chunks, each counts its keys, and each chunk's items start after the earlier chunks'.
+template <typename KeysOf, typename Place>
+void stable_counting_sort(int64_t n, int64_t n_keys, const KeysOf& keys_of, int64_t* offsets,
+                          const Place& place) {
+  const int chunks = int(std::max<int64_t>(1, std::min<int64_t>({omp_get_max_threads(), 8, n / 4096})));
+  // counts[ch * n_keys + key]: the chunk's count, then the position of its next item of key
+  std::vector<int64_t> counts(size_t(chunks) * size_t(n_keys), 0);
+  auto begin = [&](int ch) { return n * ch / chunks; };
+#pragma omp parallel for schedule(static, 1)
+  for (int ch = 0; ch < chunks; ++ch) {
+    int64_t* cnt = counts.data() + size_t(ch) * n_keys;
+    for (int64_t i = begin(ch); i < begin(ch + 1); ++i) keys_of(i, [&](int64_t key) { ++cnt[key]; });
+  }
+  int64_t pos = 0;
+  for (int64_t key = 0; key < n_keys; ++key) {
+    offsets[key] = pos;
+    for (int ch = 0; ch < chunks; ++ch) {
+      const int64_t c = counts[size_t(ch) * n_keys + key];
+      counts[size_t(ch) * n_keys + key] = pos;
+      pos += c;
+    }
+  }
+  offsets[n_keys] = pos;
+#pragma omp parallel for schedule(static, 1)
+  for (int ch = 0; ch < chunks; ++ch) {
+    int64_t* next = counts.data() + size_t(ch) * n_keys;
+    for (int64_t i = begin(ch); i < begin(ch + 1); ++i)
+      keys_of(i, [&](int64_t key) { place(next[key]++, i); });
+  }
 }
 
 }  // namespace
@@ -92,38 +129,38 @@ void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radi
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y();
   const int64_t total_tiles = n_tiles * p.C;
   // Counting sort by (camera, tile); Gaussians enter in index order, so the per-tile
-  // depth sort below can break ties by index with a stable sort.
-  std::vector<int64_t> counts(total_tiles + 1, 0);
-  for (int64_t i = 0; i < int64_t(p.C) * p.N; ++i) {
-    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) continue;
-    const int64_t c = i / p.N;
+  // depth sort below can break ties by index.
+  auto tiles_of = [&](int64_t i, const auto& emit) {
+    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) return;
+    const int64_t base = (i / p.N) * n_tiles;
     const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
     for (int ty = r.y0; ty < r.y1; ++ty)
-      for (int tx = r.x0; tx < r.x1; ++tx) ++counts[c * n_tiles + int64_t(ty) * p.tiles_x() + tx + 1];
-  }
-  for (int64_t t = 0; t < total_tiles; ++t) counts[t + 1] += counts[t];
-  std::copy(counts.begin(), counts.end(), tile_offsets);
-  std::vector<int64_t> cursor(counts.begin(), counts.end() - 1);
-  for (int64_t i = 0; i < int64_t(p.C) * p.N; ++i) {
-    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) continue;
-    const int64_t c = i / p.N;
-    const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
-    for (int ty = r.y0; ty < r.y1; ++ty)
-      for (int tx = r.x0; tx < r.x1; ++tx)
-        flat_ids[cursor[c * n_tiles + int64_t(ty) * p.tiles_x() + tx]++] = int32_t(i - c * p.N);
-  }
+      for (int tx = r.x0; tx < r.x1; ++tx) emit(base + int64_t(ty) * p.tiles_x() + tx);
+  };
+  stable_counting_sort(int64_t(p.C) * p.N, total_tiles, tiles_of, tile_offsets,
+                       [&](int64_t pos, int64_t i) { flat_ids[pos] = int32_t(i % p.N); });
   (void)n_isect;
 #pragma omp parallel
   {
-    std::vector<std::pair<T, int32_t>> buf;
+    std::vector<uint64_t> keys;
+    std::vector<std::pair<T, int32_t>> pairs;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < total_tiles; ++t) {
       const int64_t a = tile_offsets[t], b = tile_offsets[t + 1];
       const T* dep = depths + (t / n_tiles) * p.N;
-      buf.clear();
-      for (int64_t k = a; k < b; ++k) buf.emplace_back(dep[flat_ids[k]], flat_ids[k]);
-      std::sort(buf.begin(), buf.end());  // by depth, then index
-      for (int64_t k = a; k < b; ++k) flat_ids[k] = buf[k - a].second;
+      // by depth, then index
+      if constexpr (std::is_same_v<T, float>) {  // one integer per entry sorts faster than pairs
+        keys.clear();
+        for (int64_t k = a; k < b; ++k)
+          keys.push_back(uint64_t(depth_order_key(dep[flat_ids[k]])) << 32 | uint32_t(flat_ids[k]));
+        std::sort(keys.begin(), keys.end());
+        for (int64_t k = a; k < b; ++k) flat_ids[k] = int32_t(uint32_t(keys[k - a]));
+      } else {
+        pairs.clear();
+        for (int64_t k = a; k < b; ++k) pairs.emplace_back(dep[flat_ids[k]], flat_ids[k]);
+        std::sort(pairs.begin(), pairs.end());
+        for (int64_t k = a; k < b; ++k) flat_ids[k] = pairs[k - a].second;
+      }
     }
   }
 }
@@ -133,14 +170,14 @@ void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, 
                         const T* opacities, const T* depths, const int64_t* tile_offsets,
                         const int32_t* flat_ids, T* rgb, T* depth_sum, T* alpha, int32_t* n_contrib) {
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C;
-  const auto extents = splat_extents(int64_t(p.C) * p.N, conics, opacities);
+  const auto packed = pack_splats(int64_t(p.C) * p.N, means2d, conics, colors, opacities, depths);
   const cpu::TileKernels<T> kernels = cpu::tile_kernels<T>(p.tile_size);
   int64_t lanes = 0, blended = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : lanes, blended)
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t c = job / n_tiles;
     const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::Splats<T> g = camera_splats(p, c, means2d, conics, colors, opacities, depths, extents.get());
+    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
     const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
     const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
     cpu::TileCounts counts;
@@ -163,7 +200,7 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C, CN = int64_t(p.C) * p.N;
   const int64_t n_isect = tile_offsets[jobs];
   constexpr int G = kGradSlots;
-  const auto extents = splat_extents(CN, conics, opacities);
+  const auto packed = pack_splats(CN, means2d, conics, colors, opacities, depths);
   const cpu::TileKernels<T> kernels = cpu::tile_kernels<T>(p.tile_size);
   // One gradient slot per tile-list entry [n_isect, G]; every slot is written by its tile.
   std::unique_ptr<T[]> isect_grads(new T[size_t(n_isect) * G]);
@@ -172,7 +209,7 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t c = job / n_tiles;
     const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::Splats<T> g = camera_splats(p, c, means2d, conics, colors, opacities, depths, extents.get());
+    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
     const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
     const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
     cpu::TileCounts counts;
@@ -184,19 +221,13 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   // Entries of each (camera, Gaussian) in tile order: a counting sort of the entry indices.
   std::vector<int64_t> first(CN + 1, 0);
   std::unique_ptr<int64_t[]> order(new int64_t[size_t(n_isect)]);
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t base = (job / n_tiles) * p.N;
-    for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k) ++first[base + flat_ids[k] + 1];
-  }
-  for (int64_t i = 0; i < CN; ++i) first[i + 1] += first[i];
-  {
-    std::vector<int64_t> cursor(first.begin(), first.end() - 1);
-    for (int64_t job = 0; job < jobs; ++job) {
-      const int64_t base = (job / n_tiles) * p.N;
-      for (int64_t k = tile_offsets[job]; k < tile_offsets[job + 1]; ++k)
-        order[cursor[base + flat_ids[k]]++] = k;
-    }
-  }
+  auto gaussian_of = [&](int64_t k, const auto& emit) {
+    int64_t c = 0;  // the entry's camera
+    while (c + 1 < p.C && k >= tile_offsets[(c + 1) * n_tiles]) ++c;
+    emit(c * p.N + flat_ids[k]);
+  };
+  stable_counting_sort(n_isect, CN, gaussian_of, first.data(),
+                       [&](int64_t pos, int64_t k) { order[pos] = k; });
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
   for (int64_t i = 0; i < CN; ++i) {
     T sum[G] = {};

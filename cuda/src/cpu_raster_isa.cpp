@@ -19,19 +19,19 @@ namespace {
 
 // One wrapper per (ISA, scalar type, tile size): the always-inline kernels are inlined
 // here, so they vectorise with the wrapper's target.
-#define RECON_TILE_WRAPPERS(NS, TARGET)                                                                     \
-  namespace NS {                                                                                            \
-  template <typename T, int TS>                                                                             \
-  TARGET void forward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb,          \
-                      T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts) {                     \
-    forward_tile<T, TS>(g, ids, n, tile, rgb, depth_sum, alpha, n_contrib, counts);                         \
-  }                                                                                                         \
-  template <typename T, int TS>                                                                             \
-  TARGET void backward(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, const T* alpha, \
-                       const int32_t* n_contrib, const T* v_rgb, const T* v_depth_sum, const T* v_alpha,    \
-                       T* grads, TileCounts& counts) {                                                      \
-    backward_tile<T, TS>(g, ids, n, tile, alpha, n_contrib, v_rgb, v_depth_sum, v_alpha, grads, counts);    \
-  }                                                                                                         \
+#define RECON_TILE_WRAPPERS(NS, TARGET)                                                                  \
+  namespace NS {                                                                                         \
+  template <typename T, int TS>                                                                          \
+  TARGET void forward(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb,  \
+                      T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts) {                  \
+    forward_tile<T, TS>(g, ids, n, tile, rgb, depth_sum, alpha, n_contrib, counts);                      \
+  }                                                                                                      \
+  template <typename T, int TS>                                                                          \
+  TARGET void backward(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile,         \
+                       const T* alpha, const int32_t* n_contrib, const T* v_rgb, const T* v_depth_sum,   \
+                       const T* v_alpha, T* grads, TileCounts& counts) {                                 \
+    backward_tile<T, TS>(g, ids, n, tile, alpha, n_contrib, v_rgb, v_depth_sum, v_alpha, grads, counts); \
+  }                                                                                                      \
   }
 
 #define RECON_NO_TARGET

@@ -10,9 +10,9 @@ namespace recon {
 namespace cpu {
 
 template <typename T> struct TileKernels {
-  void (*forward)(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb, T* depth_sum,
-                  T* alpha, int32_t* n_contrib, TileCounts& counts);
-  void (*backward)(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile, const T* alpha,
+  void (*forward)(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile, T* rgb,
+                  T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts);
+  void (*backward)(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile, const T* alpha,
                    const int32_t* n_contrib, const T* v_rgb, const T* v_depth_sum, const T* v_alpha, T* grads,
                    TileCounts& counts);
 };

@@ -26,14 +26,21 @@ namespace cpu {
 // Gradient slots per tile-list entry: means2d 2, conic 3, colour 3, opacity, depth.
 constexpr int kGradSlots = 10;
 
-// Screen-space Gaussians of one camera (pointers already offset to that camera).
-template <typename T> struct Splats {
-  const T* means2d;    // [N, 2]
-  const T* conics;     // [N, 3]
-  const T* colors;     // [N, 3]
-  const T* opacities;  // [N]
-  const T* depths;     // [N]
-  const T* extents;    // [N, 3] from splat_extent
+// Entries ahead in a tile's list whose Gaussian record is prefetched: the list visits
+// Gaussians in depth order, i.e. at random addresses, and each visit is short.
+constexpr int kPrefetchAhead = 8;
+
+// One screen-space Gaussian as the tile loops read it, built once per call (pack_splat):
+// gathering an entry of a tile's list then touches one 64-byte record (for float) instead of
+// six arrays at a random index.
+template <typename T> struct alignas(16 * sizeof(T)) PackedSplat {
+  T mx, my;
+  Sym2<T> conic;
+  T opacity, depth;
+  T col[3];
+  T sigma_max;  // alpha can pass kAlphaThreshold only where sigma <= sigma_max; < 0: nowhere
+  T rx, ry;     // half extents of that ellipse
+  T inv_a;      // 1 / conic.a
 };
 
 // One tile: top-left pixel, size clipped to the image, row stride of the image in pixels.
@@ -76,37 +83,44 @@ RECON_TILE_INLINE double blend_exp(double x) { return std::exp(x); }
 // is padded by one pixel so that rounding at its edge can never drop a pixel the dense
 // reference would blend.
 template <typename T> struct Splat {
-  T mx, my, opacity, depth, sigma_max;
+  T mx, my, opacity, depth, sigma_max, inv_a;
   Sym2<T> conic;
   T col[3];
   int px0, px1, py0, py1;
 };
 
-// Per (camera, Gaussian), once before the tiles: the sigma below which alpha can pass
-// kAlphaThreshold (sigma <= ln(opacity / kAlphaThreshold)) and the half extents of that
+// Per (camera, Gaussian), once before the tiles: its fields, the sigma below which alpha can
+// pass kAlphaThreshold (sigma <= ln(opacity / kAlphaThreshold)) and the half extents of that
 // ellipse, sqrt(2 sigma_max cov_xx) and sqrt(2 sigma_max cov_yy) with cov = conic^-1.
-// extent[0] < 0 marks a Gaussian that is visible nowhere.
 template <typename T>
-RECON_TILE_INLINE void splat_extent(const T* conic, T opacity, T* extent) {
+RECON_TILE_INLINE void pack_splat(const T* mean, const T* conic, const T* color, T opacity, T depth,
+                                  PackedSplat<T>& s) {
+  s.mx = mean[0];
+  s.my = mean[1];
+  s.conic = {conic[0], conic[1], conic[2]};
+  s.opacity = opacity;
+  s.depth = depth;
+  for (int k = 0; k < 3; ++k) s.col[k] = color[k];
   const T ratio = opacity / T(kAlphaThreshold);
   const T det = conic[0] * conic[2] - conic[1] * conic[1];
   if (!(ratio > T(1)) || !(det > T(0)) || !(conic[0] > T(0))) {
-    extent[0] = T(-1);
-    extent[1] = extent[2] = T(0);
+    s.sigma_max = T(-1);
+    s.rx = s.ry = s.inv_a = T(0);
     return;
   }
-  extent[0] = std::log(ratio);
-  extent[1] = std::sqrt(T(2) * extent[0] * conic[2] / det);
-  extent[2] = std::sqrt(T(2) * extent[0] * conic[0] / det);
+  s.sigma_max = std::log(ratio);
+  s.rx = std::sqrt(T(2) * s.sigma_max * conic[2] / det);
+  s.ry = std::sqrt(T(2) * s.sigma_max * conic[0] / det);
+  s.inv_a = T(1) / conic[0];
 }
 
 template <typename T>
-RECON_TILE_INLINE bool gather(const Splats<T>& g, int32_t i, const Tile& tile, Splat<T>& s) {
-  const T* e = g.extents + 3 * i;
-  if (!(e[0] >= T(0))) return false;
-  s.mx = g.means2d[2 * i];
-  s.my = g.means2d[2 * i + 1];
-  const T rx = e[1], ry = e[2];
+RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& tile, Splat<T>& s) {
+  const PackedSplat<T>& e = g[i];
+  if (!(e.sigma_max >= T(0))) return false;
+  s.mx = e.mx;
+  s.my = e.my;
+  const T rx = e.rx, ry = e.ry;
   auto lo = [](T v, int base, int n) {
     return int(std::min(std::max(std::floor(v) - T(1) - T(base), T(0)), T(n)));
   };
@@ -118,11 +132,12 @@ RECON_TILE_INLINE bool gather(const Splats<T>& g, int32_t i, const Tile& tile, S
   s.py0 = lo(s.my - ry - T(0.5), tile.y0, tile.h);
   s.py1 = hi(s.my + ry - T(0.5), tile.y0, tile.h);
   if (!(s.px0 < s.px1 && s.py0 < s.py1)) return false;
-  s.sigma_max = e[0];
-  s.conic = {g.conics[3 * i], g.conics[3 * i + 1], g.conics[3 * i + 2]};
-  s.opacity = g.opacities[i];
-  s.depth = g.depths[i];
-  for (int k = 0; k < 3; ++k) s.col[k] = g.colors[3 * i + k];
+  s.sigma_max = e.sigma_max;
+  s.inv_a = e.inv_a;
+  s.conic = e.conic;
+  s.opacity = e.opacity;
+  s.depth = e.depth;
+  for (int k = 0; k < 3; ++k) s.col[k] = e.col[k];
   return true;
 }
 
@@ -137,7 +152,7 @@ RECON_TILE_INLINE bool row_crosses(const Splat<T>& s, T dy, T x0_centre, int w) 
   const T disc = b * b * dy * dy - a * (c * dy * dy - T(2) * s.sigma_max * T(1.001)) + T(1e-6);
   if (disc < T(0)) return false;
   const T root = std::sqrt(disc);
-  const T dx_lo = (-b * dy - root) / a, dx_hi = (-b * dy + root) / a;
+  const T dx_lo = (-b * dy - root) * s.inv_a, dx_hi = (-b * dy + root) * s.inv_a;
   // lane x has dx = mx - (x0_centre + x): visible lanes x in [mx - dx_hi - x0c, mx - dx_lo - x0c]
   const T x_lo = s.mx - dx_hi - x0_centre, x_hi = s.mx - dx_lo - x0_centre;
   return x_hi >= T(-1) && x_lo <= T(w);
@@ -147,14 +162,15 @@ RECON_TILE_INLINE bool row_crosses(const Splat<T>& s, T dy, T x0_centre, int w) 
 // pixel], depth_sum, alpha and n_contrib for the tile's pixels, starting at the given
 // pointers (the tile's top-left pixel, rows `tile.stride` pixels apart).
 template <typename T, int TS>
-RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile,
+RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile,
                                     T* rgb, T* depth_sum, T* alpha, int32_t* n_contrib, TileCounts& counts) {
   constexpr int P = TS * TS;
   // Per pixel of the tile (structure of arrays so the loops vectorise): transmittance,
   // accumulated r, g, b, depth, still-blending flag, entries visited (as T so every lane
   // has one width).
   alignas(64) T Tr[P], ar[P], ag[P], ab[P], ad[P], live[P], last[P];
-  int row_live[TS];  // still-blending pixels per row: a row with none is skipped
+  alignas(64) T lane_blended[TS] = {};  // blended pairs per lane position (summed at the end)
+  int row_live[TS];                     // still-blending pixels per row: a row with none is skipped
   for (int q = 0; q < P; ++q) {
     Tr[q] = T(1);
     live[q] = (q % TS < tile.w && q / TS < tile.h) ? T(1) : T(0);
@@ -164,9 +180,9 @@ RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int6
   for (int y = 0; y < TS; ++y) row_live[y] = y < tile.h ? tile.w : 0;
   int n_live = tile.w * tile.h;
   int64_t lanes = 0;
-  T blended = T(0);
   const T x0 = T(tile.x0) + T(0.5);
   for (int64_t k = 0; k < n && n_live > 0; ++k) {
+    if (k + kPrefetchAhead < n) __builtin_prefetch(g + ids[k + kPrefetchAhead]);
     Splat<T> s;
     if (!gather(g, ids[k], tile, s)) continue;
     const T kk = T(k);
@@ -186,8 +202,10 @@ RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int6
       T* __restrict rd = ad + y * TS;
       T* __restrict lv = live + y * TS;
       T* __restrict ls = last + y * TS;
-      T newly_done = T(0), row_blended = T(0);
-#pragma omp simd reduction(+ : newly_done, row_blended)
+      T* __restrict nb = lane_blended;
+      // An integer count: a float reduction here is summed lane by lane, in order.
+      int newly_done = 0;
+#pragma omp simd reduction(+ : newly_done)
       for (int x = 0; x < TS; ++x) {
         const T dx = mx - (x0 + T(x));
         // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
@@ -207,12 +225,11 @@ RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int6
         tr[x] = blendf > T(0) ? next : tr[x];
         lv[x] = termf > T(0) ? T(0) : lv[x];
         ls[x] = termf > T(0) ? kk : ls[x];
-        newly_done += termf;
-        row_blended += blendf;
+        newly_done += termf > T(0) ? 1 : 0;
+        nb[x] += blendf;
       }
-      row_live[y] -= int(newly_done);
-      n_live -= int(newly_done);
-      blended += row_blended;
+      row_live[y] -= newly_done;
+      n_live -= newly_done;
     }
   }
   for (int y = 0; y < tile.h; ++y)
@@ -226,8 +243,21 @@ RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int6
       alpha[pix] = T(1) - Tr[q];
       n_contrib[pix] = int32_t(last[q]);
     }
+  T blended = T(0);
+  for (int x = 0; x < TS; ++x) blended += lane_blended[x];
   counts.lanes += lanes;
   counts.blended += int64_t(blended);
+}
+
+// Sum of the TS values of v (destroys v), as a fixed pairwise tree so the result does not
+// depend on the vector width.
+template <typename T, int TS>
+RECON_TILE_INLINE T lane_sum(T* v) {
+  for (int half = TS / 2; half > 0; half /= 2) {
+#pragma omp simd
+    for (int x = 0; x < half; ++x) v[x] += v[x + half];
+  }
+  return v[0];
 }
 
 // Back-to-front walk of one tile's list, recovering each pixel's transmittance from the
@@ -236,7 +266,7 @@ RECON_TILE_INLINE void forward_tile(const Splats<T>& g, const int32_t* ids, int6
 // grads[k * kGradSlots ...] (zeros for entries that blended nowhere in the tile), so the
 // caller can sum them per Gaussian in a fixed order.
 template <typename T, int TS>
-RECON_TILE_INLINE void backward_tile(const Splats<T>& g, const int32_t* ids, int64_t n, const Tile& tile,
+RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile,
                                      const T* alpha, const int32_t* n_contrib, const T* v_rgb,
                                      const T* v_depth_sum, const T* v_alpha, T* grads, TileCounts& counts) {
   constexpr int P = TS * TS;
@@ -267,26 +297,32 @@ RECON_TILE_INLINE void backward_tile(const Splats<T>& g, const int32_t* ids, int
       max_last = std::max(max_last, n_contrib[pix]);
     }
   const int64_t n_walk = std::min<int64_t>(max_last, n);
-  std::memset(grads + n_walk * G, 0, sizeof(T) * size_t(n - n_walk) * G);
+  std::memset(grads, 0, sizeof(T) * size_t(n) * G);  // entries that blend nowhere here stay 0
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
+  // Per-lane partial sums of one entry's gradient over its rows, reduced once per entry
+  // (lane_sum): a horizontal reduction per row and slot cost more than the row itself.
+  alignas(64) T acc[G][TS];
   for (int64_t k = n_walk - 1; k >= 0; --k) {
-    T* out = grads + k * G;
-    for (int j = 0; j < G; ++j) out[j] = T(0);
+    if (k >= kPrefetchAhead) __builtin_prefetch(g + ids[k - kPrefetchAhead]);
     Splat<T> s;
     if (!gather(g, ids[k], tile, s)) continue;
     const T kf = T(k);
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    T s_mx = T(0), s_my = T(0), s_ca = T(0), s_cb = T(0), s_cc = T(0);
-    T s_r = T(0), s_g = T(0), s_b = T(0), s_op = T(0), s_dep = T(0);
+    bool any_row = false;
     for (int y = s.py0; y < s.py1; ++y) {
       if (!(kf < row_last[y])) continue;
       const T dy = my - (T(tile.y0 + y) + T(0.5));
       if (!row_crosses(s, dy, x0, tile.w)) continue;
+      if (!any_row) {
+        for (int j = 0; j < G; ++j)
+          for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
+        any_row = true;
+      }
       lanes += TS;
-      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
+      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
       const int row = y * TS;
       T* __restrict tr = Tr + row;
       T* __restrict q0 = br + row;
@@ -300,8 +336,17 @@ RECON_TILE_INLINE void backward_tile(const Splats<T>& g, const int32_t* ids, int
       const T* __restrict ua = va + row;
       const T* __restrict tf = Tf + row;
       const T* __restrict ls = last + row;
-      T r_sig = T(0);  // sum of v_sigma over the row (for conic.c)
-#pragma omp simd reduction(+ : s_mx, s_my, s_ca, s_cb, r_sig, s_r, s_g, s_b, s_op, s_dep)
+      T* __restrict a_mx = acc[0];
+      T* __restrict a_my = acc[1];
+      T* __restrict a_ca = acc[2];
+      T* __restrict a_cb = acc[3];
+      T* __restrict a_cc = acc[4];
+      T* __restrict a_r = acc[5];
+      T* __restrict a_g = acc[6];
+      T* __restrict a_b = acc[7];
+      T* __restrict a_op = acc[8];
+      T* __restrict a_dep = acc[9];
+#pragma omp simd
       for (int x = 0; x < TS; ++x) {
         const T dx = mx - (x0 + T(x));
         // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
@@ -315,10 +360,10 @@ RECON_TILE_INLINE void backward_tile(const Splats<T>& g, const int32_t* ids, int
         const T inv1m = T(1) / (T(1) - a);
         const T Ti = tr[x] * inv1m;
         const T w = okf > T(0) ? a * Ti : T(0);
-        s_r += w * u0[x];
-        s_g += w * u1[x];
-        s_b += w * u2[x];
-        s_dep += w * ud[x];
+        a_r[x] += w * u0[x];
+        a_g[x] += w * u1[x];
+        a_b[x] += w * u2[x];
+        a_dep[x] += w * ud[x];
         const T v_a = Ti * (c0 * u0[x] + c1 * u1[x] + c2 * u2[x] + dep * ud[x]) -
                       (q0[x] * u0[x] + q1[x] * u1[x] + q2[x] * u2[x] + qd[x] * ud[x]) * inv1m +
                       ua[x] * tf[x] * inv1m;
@@ -330,25 +375,16 @@ RECON_TILE_INLINE void backward_tile(const Splats<T>& g, const int32_t* ids, int
         // The alpha cap is flat: no gradient flows through a capped alpha.
         const T livef = raw <= T(kAlphaCap) ? okf : T(0);
         const T v_sigma = livef > T(0) ? -raw * v_a : T(0);
-        s_op += livef > T(0) ? gs * v_a : T(0);
-        s_ca += T(0.5) * dx * dx * v_sigma;
-        s_cb += dx * dy * v_sigma;
-        r_sig += v_sigma;
-        s_mx += (ca * dx + bdy) * v_sigma;
-        s_my += (cb * dx + cc * dy) * v_sigma;
+        a_op[x] += livef > T(0) ? gs * v_a : T(0);
+        a_ca[x] += T(0.5) * dx * dx * v_sigma;
+        a_cb[x] += dx * dy * v_sigma;
+        a_cc[x] += hdy2 * v_sigma;
+        a_mx[x] += (ca * dx + bdy) * v_sigma;
+        a_my[x] += (cb * dx + cc * dy) * v_sigma;
       }
-      s_cc += T(0.5) * dy * dy * r_sig;
     }
-    out[0] = s_mx;
-    out[1] = s_my;
-    out[2] = s_ca;
-    out[3] = s_cb;
-    out[4] = s_cc;
-    out[5] = s_r;
-    out[6] = s_g;
-    out[7] = s_b;
-    out[8] = s_op;
-    out[9] = s_dep;
+    if (any_row)
+      for (int j = 0; j < G; ++j) grads[k * G + j] = lane_sum<T, TS>(acc[j]);
   }
   counts.lanes += lanes;
 }
