@@ -167,7 +167,12 @@ def test_failed_cell_is_reported_not_fatal(data_root, tmp_path):
     assert status == {"scene_a": "done", "scene_b": "failed"}
     md = Path(result["paths"]["markdown"]).read_text()
     assert "broken on purpose" in md
-    assert not (tmp_path / "b" / "runs" / "scene_b" / "recon" / "seed0" / "cell.json").exists()
+    assert not (tmp_path / "b" / "runs" / "scene_b" / "recon" / "seed0" / "cell.json").exists()  # retried next time
+    # a later --report-only still shows the failure (and fits nothing)
+    again = run_bench(_suite(), data_root, tmp_path / "b", seeds=1, methods=["recon"], fit_fn=None, progress=False,
+                      report_only=True)
+    assert {c["scene"]: c["status"] for c in again["cells"]} == {"scene_a": "done", "scene_b": "failed"}
+    assert "broken on purpose" in Path(again["paths"]["markdown"]).read_text()
 
 
 def test_mean_std_and_aggregate_edge_cases():

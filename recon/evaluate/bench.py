@@ -8,7 +8,9 @@ Layout of ``out_dir``::
     results.{md,json,csv}, cells.csv, plots/
 
 A bench that was interrupted resumes: cells with a ``cell.json`` are skipped, the others
-are fitted from scratch (a half-written run folder is overwritten).
+are fitted from scratch (a half-written run folder is overwritten). A cell that failed
+(the data or set-up refused, a ReconError) writes ``failed.json`` instead: the next bench
+tries it again, ``--report-only`` lists it with its error.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
                   peak_rss_bytes=mem.peak_rss, peak_cuda_bytes=mem.peak_cuda)
     if error:
         record["error"] = error
+        (run_dir / "failed.json").write_text(json.dumps(record, indent=2))
         return record
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -251,7 +254,10 @@ def run_bench(
             if done.is_file():  # resume: a finished cell is never re-fitted
                 cells.append({**_with_time_breakdown(json.loads(done.read_text())), "resumed": True})
             elif report_only:
-                not_run.append(f"{name}/{method}/seed{seed}")
+                if (run_dir / "failed.json").is_file():
+                    cells.append(json.loads((run_dir / "failed.json").read_text()))
+                else:
+                    not_run.append(f"{name}/{method}/seed{seed}")
                 continue
             else:
                 if run_dir.exists():  # an interrupted cell: start clean (log.jsonl would append to the old one)
