@@ -86,7 +86,12 @@ def main() -> int:
     ap.add_argument("--only", choices=["posed", "unposed"], default=None)
     ap.add_argument("--collect", action="store_true", help="only gather finished runs into the table")
     ap.add_argument("--poses-only", action="store_true", help="pose recovery without fits (poses_v<N>.json)")
+    ap.add_argument("--rotation-share", action="store_true",
+                    help="only the depth-reversal guard's rotation-only share per scene (rotation_share_v<N>.json)")
     args = ap.parse_args()
+    if args.rotation_share:
+        rotation_shares(args.scenes, args.views, args.work, args.out)
+        return 0
     if args.poses_only:
         poses_only(args.scenes, args.views, args.work, args.out)
         return 0
@@ -234,6 +239,40 @@ def poses_only(scenes: list[str], views: int, work: Path, out: Path, width: int 
                    test_rot_err_max_deg=et["rotation_error_max_deg"] if et else None,
                    test_centre_err_max_pct=et["centre_error_max_pct"] if et else None)
         (out / f"poses_v{views}.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def rotation_shares(scenes: list[str], views: int, work: Path, out: Path, width: int = 504) -> list[dict]:
+    """The training views' verified pairs as `recon fit FOLDER` matches them, without the
+    mapper: the share of verified matches a pure camera rotation explains (SfM refuses
+    above ``SfMSettings.max_rotation_only_share``) and the focal that rotation implies."""
+    import statistics
+
+    import torch
+
+    from recon.data import load_scene
+    from recon.data.splits import select_split
+    from recon.priors.sfm import SfMSettings, rotation_only_share, two_view_stats
+
+    torch.set_num_threads(1)
+    settings, rows = SfMSettings(num_threads=1), []
+    for scene in scenes:
+        plain, _ = image_folder(scene, work)
+        blind = load_scene(str(plain), width=width)
+        split = select_split(blind, "llff", views)
+        load, t0 = Path("/proc/loadavg").read_text().split()[0], time.time()
+        pairs = two_view_stats(blind.subset(split.train), settings=settings)
+        share = rotation_only_share(pairs, settings)
+        focals = [p.rotation_focal_px for p in pairs if p.rotation_focal_px is not None]
+        rows.append({"scene": scene, "views": views, "train": [blind.views[i].name for i in split.train],
+                     "rotation_only_share": share, "refused": share is not None and
+                     share > settings.max_rotation_only_share,
+                     "rotation_focal_median_px": statistics.median(focals) if focals else None,
+                     "pairs": [[p.first, p.second, p.inliers, p.rotation_only, p.geometry] for p in pairs],
+                     "seconds": round(time.time() - t0, 1), "loadavg": load})
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"rotation_share_v{views}.json").write_text(json.dumps(rows, indent=2))
+        print(scene, views, share, flush=True)
     return rows
 
 

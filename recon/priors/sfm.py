@@ -275,7 +275,28 @@ def extract_features(views: list[View] | tuple[View, ...], names: list[str], fol
     return db
 
 
-def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings: SfMSettings) -> SfMModel:
+def two_view_stats(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
+                   **overrides) -> list[PairStat]:
+    """The verified pairs ``reconstruct`` would map (features, matching and two-view
+    geometry only, no mapper): for diagnostics, e.g. ``rotation_only_share``."""
+    import pycolmap
+
+    settings = replace(settings or SfMSettings(), **overrides)
+    views = tuple(views)
+    names = [f"{i:04d}_{_safe(v.name)}.png" for i, v in enumerate(views)]
+    previous_level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="recon_sfm_") as tmp:
+            return _verified_pairs(views, names, Path(tmp), settings)[1]
+    finally:
+        pycolmap.logging.minloglevel = previous_level
+
+
+def _verified_pairs(views: tuple[View, ...], names: list[str], tmp: Path, settings: SfMSettings
+                    ) -> tuple[Path, list[PairStat], dict[str, int]]:
+    """SIFT, exhaustive matching and two-view verification into ``tmp/database.db`` ->
+    (database path, one PairStat per view pair, image ids by file name)."""
     import pycolmap
 
     db_path = extract_features(views, names, tmp, settings)
@@ -290,6 +311,11 @@ def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings:
     pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification,
                               device=pycolmap.Device.cpu)
     pairs, ids = _pair_stats(db_path, views, names, settings)
+    return db_path, pairs, ids
+
+
+def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings: SfMSettings) -> SfMModel:
+    db_path, pairs, ids = _verified_pairs(views, names, tmp, settings)
     undetermined = _rotation_only_problem(views, pairs, settings)
     if undetermined:
         raise ReconError(undetermined)
