@@ -27,6 +27,7 @@ COST_KEYS = ("fit_seconds", "wall_seconds", "peak_rss_mb", "peak_cuda_mb")
 TIME_KEYS = {"iteration_ms": "iteration", "render_forward_ms": "render_forward",
              "render_backward_ms": "render_backward", "losses_ms": "losses"}
 SETUP_STAGES = ("load", "pose_recovery", "stereo", "init", "priors", "extension_load")
+TIMING_COLUMNS = (*TIME_KEYS, "setup_seconds")
 # Unposed cells (bench method recon-unposed): recovered training poses against the dataset's,
 # after the similarity that aligns the training cameras (recon.evaluate.align.pose_errors),
 # and PSNR at the dataset's test poses mapped through that similarity (no registration).
@@ -60,7 +61,7 @@ def mean_std(values: list) -> dict:
 
 
 def _cell_value(cell: dict, key: str):
-    if key in TIME_KEYS or key == "setup_seconds":
+    if key in TIMING_COLUMNS:
         breakdown = cell.get("time_breakdown") or {}
         if key == "setup_seconds":
             parts = [breakdown.get(k) for k in SETUP_STAGES]
@@ -85,7 +86,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
     done = [c for c in cells if c.get("status") == "done"]
     keys = [k for k in METRIC_KEYS if any(k in (c.get("metrics") or {}) for c in done)] + list(COST_KEYS)
     keys += [k for k in POSE_KEYS if any(_cell_value(c, k) is not None for c in done)]
-    keys += [k for k in (*TIME_KEYS, "setup_seconds") if any(_cell_value(c, k) is not None for c in done)]
+    keys += [k for k in TIMING_COLUMNS if any(_cell_value(c, k) is not None for c in done)]
     rows = []
     methods = list(dict.fromkeys(c["method"] for c in cells))
     scenes = list(dict.fromkeys(c["scene"] for c in cells))
@@ -140,8 +141,8 @@ def _fmt(entry: dict | None, key: str) -> str:
     if math.isinf(m):
         return "inf"
     digits = {"psnr": 2, "psnr_masked": 2, "psnr_gt_aligned_poses": 2, "train_rot_err_max_deg": 2,
-              "train_centre_err_max_pct": 2, "setup_seconds": 0, **dict.fromkeys(TIME_KEYS, 0), "wall_seconds": 0, "fit_seconds": 0, "peak_rss_mb": 0,
-              "peak_cuda_mb": 0}.get(key, 3)
+              "train_centre_err_max_pct": 2, **dict.fromkeys(TIMING_COLUMNS, 0), "wall_seconds": 0,
+              "fit_seconds": 0, "peak_rss_mb": 0, "peak_cuda_mb": 0}.get(key, 3)
     text = f"{m:.{digits}f}"
     return text + (f" ± {s:.{digits}f}" if s is not None else "")
 
@@ -169,7 +170,7 @@ def write_reports(out_dir: str | Path, cells: list[dict], protocol: dict, extra:
     paths = {"json": out / "results.json", "csv": out / "results.csv", "cells_csv": out / "cells.csv",
              "markdown": out / "results.md"}
     paths["json"].write_text(json.dumps(_json_safe(payload), indent=2))
-    keys = [k for k in (*METRIC_KEYS, *COST_KEYS, *POSE_KEYS, *TIME_KEYS, "setup_seconds") if rows and k in rows[0]]
+    keys = [k for k in (*METRIC_KEYS, *COST_KEYS, *POSE_KEYS, *TIMING_COLUMNS) if rows and k in rows[0]]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["scene", "method", "n_seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "std")]])
