@@ -327,3 +327,52 @@ def test_unposed_method_refuses_a_scene_without_llff_poses(tmp_path):
     (tmp_path / "scene" / "images").mkdir(parents=True)
     with pytest.raises(ConfigError, match="needs an LLFF scene"):
         photos_only(tmp_path / "scene", None, tmp_path / "out")
+
+
+class _Killed(Exception):
+    """Stands in for the bench process being killed in the middle of a fit."""
+
+
+def test_interrupted_cell_continues_from_its_checkpoint(tmp_path):
+    """A cell killed after a checkpoint continues from it on the next bench (the 30k-iteration
+    baseline is hours on a CPU); a cell whose saved config is not the cell's starts clean."""
+    from recon.data.synthetic import make_synthetic_scene
+    from recon.evaluate.spare import write_layout
+    from recon.pipeline import fit_scene
+
+    scene = make_synthetic_scene(seed=1, n_views=13, width=48, height=36, n_objects=2)
+    write_layout(tmp_path / "data", {"synth": (scene, "SpaRe")},
+                 {1: {"synth": {"input_views": [0, 4, 8], "test_views": [1, 2, 3, 5, 6, 7, 9, 10, 11, 12]}}})
+    overrides = ["densify.enabled=false", "init.random_points=2000", "depth.enabled=false", "pseudo.enabled=false",
+                 "checkpoint_every=5"]
+
+    class KillAt7:
+        def on_start(self, event): ...
+
+        def on_finish(self, event): ...
+
+        def on_step(self, event):
+            if event.iteration == 7:
+                raise _Killed
+
+    def killed_fit(*args, **kwargs):
+        return fit_scene(*args, **kwargs, listeners=[KillAt7()])
+
+    common = dict(seeds=1, iterations=12, methods=["recon"], progress=False, overrides=overrides)
+    with pytest.raises(_Killed):
+        run_bench("spare3", tmp_path / "data", tmp_path / "out", fit_fn=killed_fit, **common)
+    run_dir = tmp_path / "out" / "runs" / "synth" / "recon" / "seed0"
+    assert not (run_dir / "cell.json").exists() and (run_dir / "checkpoints").is_dir()
+
+    result = run_bench("spare3", tmp_path / "data", tmp_path / "out", **common)
+    (cell,) = result["cells"]
+    assert cell["status"] == "done" and cell["continued_from_checkpoint"] is True
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["iterations"] == 12 and metrics["resumed"]["from_iteration"] == 5
+
+    # the same cell under another config (here another budget) is not continued from that folder
+    (run_dir / "cell.json").unlink()
+    (run_dir / "metrics.json").unlink()
+    again = run_bench("spare3", tmp_path / "data", tmp_path / "out", **{**common, "iterations": 8})
+    assert "continued_from_checkpoint" not in again["cells"][0]
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed"] is None

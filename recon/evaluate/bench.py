@@ -149,12 +149,38 @@ def _pose_accuracy(run_dir: Path, scene_dir: Path) -> dict:
             "metrics_gt_aligned": result["metrics"]}
 
 
+def _resumable(run_dir: Path, cfg, suite) -> bool:
+    """True when an interrupted cell's folder holds a complete checkpoint of this very cell
+    (its saved config.yaml is the cell's config, the thread count aside, which changes no
+    result's meaning): the fit continues from there instead of starting again, which is what
+    makes long cells (the 30k-iteration baseline: hours on a CPU) finishable across benches."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or (run_dir / "failed.json").is_file():
+        return False
+    from recon.optimise.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(run_dir) is None:
+        return False
+    import yaml
+
+    wanted = yaml.safe_load(cfg.to_yaml())  # as fit_scene writes it: the suite's views and protocol set
+    wanted["data"].update(views=suite.n_views, protocol=suite.protocol)
+    found = yaml.safe_load(saved.read_text()) or {}
+    wanted.pop("threads", None)
+    found.pop("threads", None)
+    return found == wanted
+
+
 def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path, *, suite, config: str | None,
-             overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None) -> dict:
-    """Fit one cell and return its record (status "failed" with the error on ReconError)."""
+             overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None,
+             resume: bool = False) -> dict:
+    """Fit one cell and return its record (status "failed" with the error on ReconError).
+    ``resume``: continue the fit from the checkpoint in ``run_dir`` (see _resumable)."""
     cfg = method_config(method, config, [*suite.config_overrides, *overrides], seed, iterations)
     record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir),
               "iterations_configured": cfg.optim.iterations}
+    if resume:
+        record["continued_from_checkpoint"] = True
     fit_input = scene_dir
     if method == UNPOSED_METHOD:  # beside the run folders: the bench owns it, the run folder is per cell
         fit_input = photos_only(scene_dir, cfg.data.width, run_dir.parents[2] / "_photos_only" / scene)
@@ -162,7 +188,10 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
     start = time.perf_counter()
     with PeakMemory() as mem:
         try:
-            fit_fn(str(fit_input), out_dir=run_dir, config=cfg, views=suite.n_views, protocol=suite.protocol)
+            if resume:  # the run's saved config.yaml decides, as `recon fit --resume`
+                fit_fn(str(fit_input), out_dir=run_dir, resume=True)
+            else:
+                fit_fn(str(fit_input), out_dir=run_dir, config=cfg, views=suite.n_views, protocol=suite.protocol)
             status, error = "done", None
         except ReconError as exc:  # the user's data or set-up: record it, keep benching
             status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -260,13 +289,15 @@ def run_bench(
                     not_run.append(f"{name}/{method}/seed{seed}")
                 continue
             else:
-                if run_dir.exists():  # an interrupted cell: start clean (log.jsonl would append to the old one)
+                cfg = method_config(method, config, [*spec.config_overrides, *overrides], seed, iterations)
+                resume = _resumable(run_dir, cfg, spec)
+                if run_dir.exists() and not resume:  # an interrupted cell without a usable checkpoint: start clean
                     import shutil
 
                     shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
-                                      overrides=overrides, fit_fn=fit_fn, iterations=iterations))
+                                      overrides=overrides, fit_fn=fit_fn, iterations=iterations, resume=resume))
             advance(f"{name}/{method}/seed{seed}: {cells[-1]['status']}")
     protocol = {**spec.describe(), "iterations": iterations or "config default", "config": config or "defaults (recon/optimise/config.py)",
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
