@@ -141,21 +141,30 @@ RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& ti
   return true;
 }
 
-// Whether the ellipse sigma <= sigma_max crosses the tile's columns [0, w) on the row at
-// vertical offset dy (= my - pixel centre y). Tighter than the bounding box for tilted or
-// off-tile Gaussians; padded by a pixel and a relative margin, like the box, so it never
-// skips a row the exact test would blend on.
-template <typename T>
-RECON_TILE_INLINE bool row_crosses(const Splat<T>& s, T dy, T x0_centre, int w) {
-  // 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - sigma_max <= 0, a quadratic in dx = mx - px.
-  const T a = s.conic.a, b = s.conic.b, c = s.conic.c;
-  const T disc = b * b * dy * dy - a * (c * dy * dy - T(2) * s.sigma_max * T(1.001)) + T(1e-6);
-  if (disc < T(0)) return false;
-  const T root = std::sqrt(disc);
-  const T dx_lo = (-b * dy - root) * s.inv_a, dx_hi = (-b * dy + root) * s.inv_a;
-  // lane x has dx = mx - (x0_centre + x): visible lanes x in [mx - dx_hi - x0c, mx - dx_lo - x0c]
-  const T x_lo = s.mx - dx_hi - x0_centre, x_hi = s.mx - dx_lo - x0_centre;
-  return x_hi >= T(-1) && x_lo <= T(w);
+// cross[y] = 1 where the ellipse sigma <= sigma_max crosses the tile's columns [0, w) on
+// row y (vertical offset dy = my - pixel centre y), else 0, for all TS rows at once (one
+// vector computation per entry instead of a scalar test per row). Tighter than the bounding
+// box for tilted or off-tile Gaussians; padded by a pixel and a relative margin, like the
+// box, so it never skips a row the exact test would blend on.
+template <typename T, int TS>
+RECON_TILE_INLINE void crossing_rows(const Splat<T>& s, const Tile& tile, T x0_centre, T* cross) {
+  // 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - sigma_max <= 0, a quadratic in dx = mx - px, holds
+  // on dx in [(-b dy - root) / a, (-b dy + root) / a] with root = sqrt(disc). Lane x has
+  // dx = mx - (x0_centre + x), so the visible lanes are [u - r, u + r] with
+  // u = mx - x0_centre + b dy / a and r = root / a; they meet [-1, w] iff
+  // r >= m = max(-1 - u, u - w), compared squared (no square root).
+  const T a = s.conic.a, b = s.conic.b, c = s.conic.c, inv_a = s.inv_a, mx = s.mx, my = s.my;
+  const T two_sigma = T(2) * s.sigma_max * T(1.001), w = T(tile.w);
+#pragma omp simd
+  for (int y = 0; y < TS; ++y) {
+    const T dy = my - (T(tile.y0 + y) + T(0.5));
+    const T disc = b * b * dy * dy - a * (c * dy * dy - two_sigma) + T(1e-6);
+    const T u = mx - x0_centre + b * dy * inv_a;
+    const T lo = T(-1) - u, hi = u - w;
+    const T m = lo > hi ? lo : hi;
+    const T m2 = m > T(0) ? m * m : T(0);
+    cross[y] = (disc >= T(0) ? T(1) : T(0)) * (disc * inv_a * inv_a >= m2 ? T(1) : T(0));
+  }
 }
 
 // Front-to-back blending of one tile's list (ids [n], nearest first). Writes rgb [3 per
@@ -189,10 +198,11 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
+    alignas(64) T cross[TS];
+    crossing_rows<T, TS>(s, tile, x0, cross);
     for (int y = s.py0; y < s.py1; ++y) {
-      if (row_live[y] == 0) continue;
+      if (row_live[y] == 0 || cross[y] == T(0)) continue;
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      if (!row_crosses(s, dy, x0, tile.w)) continue;
       lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
       T* __restrict tr = Tr + y * TS;
@@ -311,11 +321,12 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
+    alignas(64) T cross[TS];
+    crossing_rows<T, TS>(s, tile, x0, cross);
     bool any_row = false;
     for (int y = s.py0; y < s.py1; ++y) {
-      if (!(kf < row_last[y])) continue;
+      if (!(kf < row_last[y]) || cross[y] == T(0)) continue;
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      if (!row_crosses(s, dy, x0, tile.w)) continue;
       if (!any_row) {
         for (int j = 0; j < G; ++j)
           for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
