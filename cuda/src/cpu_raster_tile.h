@@ -141,13 +141,14 @@ RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& ti
   return true;
 }
 
-// cross[y] = 1 where the ellipse sigma <= sigma_max crosses the tile's columns [0, w) on
-// row y (vertical offset dy = my - pixel centre y), else 0, for all TS rows at once (one
-// vector computation per entry instead of a scalar test per row). Tighter than the bounding
-// box for tilted or off-tile Gaussians; padded by a pixel and a relative margin, like the
-// box, so it never skips a row the exact test would blend on.
+// The rows y of the splat's box [py0, py1) on which the ellipse sigma <= sigma_max crosses
+// the tile's columns [0, w), as bits 1 << y, for all TS rows at once (one vector
+// computation per entry instead of a scalar test and branch per row). Tighter than the box
+// for tilted or off-tile Gaussians; padded by a pixel and a relative margin, like the box,
+// so it never skips a row the exact test would blend on.
 template <typename T, int TS>
-RECON_TILE_INLINE void crossing_rows(const Splat<T>& s, const Tile& tile, T x0_centre, T* cross) {
+RECON_TILE_INLINE uint32_t crossing_rows(const Splat<T>& s, const Tile& tile, T x0_centre) {
+  static_assert(TS <= 32, "one bit per row");
   // 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - sigma_max <= 0, a quadratic in dx = mx - px, holds
   // on dx in [(-b dy - root) / a, (-b dy + root) / a] with root = sqrt(disc). Lane x has
   // dx = mx - (x0_centre + x), so the visible lanes are [u - r, u + r] with
@@ -155,6 +156,10 @@ RECON_TILE_INLINE void crossing_rows(const Splat<T>& s, const Tile& tile, T x0_c
   // r >= m = max(-1 - u, u - w), compared squared (no square root).
   const T a = s.conic.a, b = s.conic.b, c = s.conic.c, inv_a = s.inv_a, mx = s.mx, my = s.my;
   const T two_sigma = T(2) * s.sigma_max * T(1.001), w = T(tile.w);
+  const T py0 = T(s.py0), py1 = T(s.py1);
+  // Bits per row as int32 lanes, OR-ed after the loop (a loop that both tests floats and
+  // builds the mask does not vectorise with GCC).
+  alignas(64) int32_t bit[TS];
 #pragma omp simd
   for (int y = 0; y < TS; ++y) {
     const T dy = my - (T(tile.y0 + y) + T(0.5));
@@ -163,8 +168,25 @@ RECON_TILE_INLINE void crossing_rows(const Splat<T>& s, const Tile& tile, T x0_c
     const T lo = T(-1) - u, hi = u - w;
     const T m = lo > hi ? lo : hi;
     const T m2 = m > T(0) ? m * m : T(0);
-    cross[y] = (disc >= T(0) ? T(1) : T(0)) * (disc * inv_a * inv_a >= m2 ? T(1) : T(0));
+    const T crosses = (disc >= T(0) ? T(1) : T(0)) * (disc * inv_a * inv_a >= m2 ? T(1) : T(0)) *
+                      (T(y) >= py0 ? T(1) : T(0)) * (T(y) < py1 ? T(1) : T(0));
+    bit[y] = crosses > T(0) ? int32_t(1u << y) : 0;
   }
+  uint32_t rows = 0;
+#pragma omp simd reduction(| : rows)
+  for (int y = 0; y < TS; ++y) rows |= uint32_t(bit[y]);
+  return rows;
+}
+
+// Bits 1 << y of the rows y < TS with v[y] > bound.
+template <typename T, int TS> RECON_TILE_INLINE uint32_t rows_above(const T* v, T bound) {
+  alignas(64) int32_t bit[TS];
+#pragma omp simd
+  for (int y = 0; y < TS; ++y) bit[y] = v[y] > bound ? int32_t(1u << y) : 0;
+  uint32_t rows = 0;
+#pragma omp simd reduction(| : rows)
+  for (int y = 0; y < TS; ++y) rows |= uint32_t(bit[y]);
+  return rows;
 }
 
 // Front-to-back blending of one tile's list (ids [n], nearest first). Writes rgb [3 per
@@ -187,6 +209,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     last[q] = T(n);
   }
   for (int y = 0; y < TS; ++y) row_live[y] = y < tile.h ? tile.w : 0;
+  uint32_t live_rows = tile.h >= 32 ? ~0u : (1u << tile.h) - 1u;  // bits of the rows with row_live > 0
   int n_live = tile.w * tile.h;
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
@@ -198,10 +221,9 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    alignas(64) T cross[TS];
-    crossing_rows<T, TS>(s, tile, x0, cross);
-    for (int y = s.py0; y < s.py1; ++y) {
-      if (row_live[y] == 0 || cross[y] == T(0)) continue;
+    // the rows to blend, in increasing y: one loop trip per row, no per-row branch to predict
+    for (uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & live_rows; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
       lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
@@ -239,6 +261,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         nb[x] += blendf;
       }
       row_live[y] -= newly_done;
+      if (row_live[y] == 0) live_rows &= ~(1u << y);
       n_live -= newly_done;
     }
   }
@@ -259,15 +282,21 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
   counts.blended += int64_t(blended);
 }
 
-// Sum of the TS values of v (destroys v), as a fixed pairwise tree so the result does not
-// depend on the vector width.
-template <typename T, int TS>
-RECON_TILE_INLINE T lane_sum(T* v) {
-  for (int half = TS / 2; half > 0; half /= 2) {
+// out[j] = the sum of the TS values of acc[j], for each of the G rows (destroys acc), as a
+// fixed pairwise tree (lanes x and x + H added, H = TS / 2, TS / 4, ..., 1) so the result
+// does not depend on the vector width. H is a template argument so every step compiles to
+// whole vector adds, with no loop over the steps.
+template <typename T, int TS, int G, int H = TS / 2>
+RECON_TILE_INLINE void lane_sums(T (&acc)[G][TS], T* out) {
+  if constexpr (H == 0) {
+    for (int j = 0; j < G; ++j) out[j] = acc[j][0];
+  } else {
+    for (int j = 0; j < G; ++j) {
 #pragma omp simd
-    for (int x = 0; x < half; ++x) v[x] += v[x + half];
+      for (int x = 0; x < H; ++x) acc[j][x] += acc[j][x + H];
+    }
+    lane_sums<T, TS, G, H / 2>(acc, out);
   }
-  return v[0];
 }
 
 // Back-to-front walk of one tile's list, recovering each pixel's transmittance from the
@@ -311,7 +340,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
   // Per-lane partial sums of one entry's gradient over its rows, reduced once per entry
-  // (lane_sum): a horizontal reduction per row and slot cost more than the row itself.
+  // (lane_sums): a horizontal reduction per row and slot cost more than the row itself.
   alignas(64) T acc[G][TS];
   for (int64_t k = n_walk - 1; k >= 0; --k) {
     if (k >= kPrefetchAhead) __builtin_prefetch(g + ids[k - kPrefetchAhead]);
@@ -321,17 +350,14 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    alignas(64) T cross[TS];
-    crossing_rows<T, TS>(s, tile, x0, cross);
-    bool any_row = false;
-    for (int y = s.py0; y < s.py1; ++y) {
-      if (!(kf < row_last[y]) || cross[y] == T(0)) continue;
+    // the rows where the entry blended somewhere in forward (k < n_contrib) and it crosses
+    uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & rows_above<T, TS>(row_last, kf);
+    if (rows == 0) continue;  // its slot keeps the tile's zeros
+    for (int j = 0; j < G; ++j)
+      for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
+    for (; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      if (!any_row) {
-        for (int j = 0; j < G; ++j)
-          for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
-        any_row = true;
-      }
       lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
       const int row = y * TS;
@@ -394,8 +420,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
         a_my[x] += (cb * dx + cc * dy) * v_sigma;
       }
     }
-    if (any_row)
-      for (int j = 0; j < G; ++j) grads[k * G + j] = lane_sum<T, TS>(acc[j]);
+    lane_sums<T, TS, G>(acc, grads + k * G);
   }
   counts.lanes += lanes;
 }
