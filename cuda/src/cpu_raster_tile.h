@@ -141,6 +141,16 @@ RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& ti
   return true;
 }
 
+// 1 << y for y < 32, as a table: a per-lane variable shift has no SSE2 instruction, so a
+// loop that shifts does not vectorise on the baseline ISA; one that loads does.
+struct RowBits {
+  int32_t bit[32];
+  constexpr RowBits() : bit() {
+    for (int y = 0; y < 32; ++y) bit[y] = int32_t(1u << y);
+  }
+};
+inline constexpr RowBits kRowBits{};
+
 // The rows y of the splat's box [py0, py1) on which the ellipse sigma <= sigma_max crosses
 // the tile's columns [0, w), as bits 1 << y, for all TS rows at once (one vector
 // computation per entry instead of a scalar test and branch per row). Tighter than the box
@@ -170,7 +180,7 @@ RECON_TILE_INLINE uint32_t crossing_rows(const Splat<T>& s, const Tile& tile, T 
     const T m2 = m > T(0) ? m * m : T(0);
     const T crosses = (disc >= T(0) ? T(1) : T(0)) * (disc * inv_a * inv_a >= m2 ? T(1) : T(0)) *
                       (T(y) >= py0 ? T(1) : T(0)) * (T(y) < py1 ? T(1) : T(0));
-    bit[y] = crosses > T(0) ? int32_t(1u << y) : 0;
+    bit[y] = crosses > T(0) ? kRowBits.bit[y] : 0;
   }
   uint32_t rows = 0;
 #pragma omp simd reduction(| : rows)
@@ -182,7 +192,7 @@ RECON_TILE_INLINE uint32_t crossing_rows(const Splat<T>& s, const Tile& tile, T 
 template <typename T, int TS> RECON_TILE_INLINE uint32_t rows_above(const T* v, T bound) {
   alignas(64) int32_t bit[TS];
 #pragma omp simd
-  for (int y = 0; y < TS; ++y) bit[y] = v[y] > bound ? int32_t(1u << y) : 0;
+  for (int y = 0; y < TS; ++y) bit[y] = v[y] > bound ? kRowBits.bit[y] : 0;
   uint32_t rows = 0;
 #pragma omp simd reduction(| : rows)
   for (int y = 0; y < TS; ++y) rows |= uint32_t(bit[y]);
