@@ -289,10 +289,14 @@ bool has_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "recon Gaussian rasteriser (CPU + optional CUDA); see cuda/include/recon/api.h";
-  m.def("project_forward", &project_forward);
-  m.def("project_backward", &project_backward);
-  m.def("rasterize_forward", &rasterize_forward);
-  m.def("rasterize_backward", &rasterize_backward);
+  // The stages run without the GIL (arguments are converted before, results after), so other
+  // Python threads (the viewer, data loading) keep running during a long rasterisation. They
+  // only call torch's C++ API, which needs no GIL.
+  using release_gil = py::call_guard<py::gil_scoped_release>;
+  m.def("project_forward", &project_forward, release_gil());
+  m.def("project_backward", &project_backward, release_gil());
+  m.def("rasterize_forward", &rasterize_forward, release_gil());
+  m.def("rasterize_backward", &rasterize_backward, release_gil());
   m.def("has_cuda", &has_cuda);
   m.def("cpu_raster_stats", &cpu_raster_stats, "work counted by the last CPU raster forward/backward");
   m.def("cpu_isa", &recon::cpu_isa, "instruction set of the CPU blending kernels in use");

@@ -19,10 +19,27 @@ namespace {
 
 constexpr int64_t kChunk = 1024;
 
-template <typename T> struct ForwardArgs {
+// The inputs both directions read: parameters, cameras and the world-space Gaussians.
+template <typename T> struct GaussianArgs {
   const ProjectParams* p;
   const CameraView<T>* cams;  // [C]
   const T *means, *log_scales, *quats, *opacity_logits, *sh;
+};
+
+// Gaussian n in world space, as both directions start from it.
+template <typename T> struct WorldGaussian {
+  Mat3<T> R, cov;  // rotation (from the quaternion) and covariance
+  Vec3<T> mean;
+  T opacity;  // sigmoid of the logit, before antialiasing
+
+  RECON_ALWAYS_INLINE WorldGaussian(const GaussianArgs<T>& a, int64_t n)
+      : R(quat_to_rotmat(a.quats + 4 * n)),
+        cov(covariance(R, a.log_scales + 3 * n)),
+        mean{a.means[3 * n], a.means[3 * n + 1], a.means[3 * n + 2]},
+        opacity(sigmoid(a.opacity_logits[n])) {}
+};
+
+template <typename T> struct ForwardArgs : GaussianArgs<T> {
   T *means2d, *conics, *colors, *opacities, *depths;
   int32_t* radii;
 };
@@ -31,10 +48,10 @@ template <typename T>
 RECON_ALWAYS_INLINE void forward_chunk(const ForwardArgs<T>& a, int64_t n0, int64_t n1) {
   const ProjectParams& p = *a.p;
   for (int64_t n = n0; n < n1; ++n) {
-    const Mat3<T> Rg = quat_to_rotmat(a.quats + 4 * n);
-    const Mat3<T> cov = covariance(Rg, a.log_scales + 3 * n);
-    const Vec3<T> mean = {a.means[3 * n], a.means[3 * n + 1], a.means[3 * n + 2]};
-    const T opacity_raw = sigmoid(a.opacity_logits[n]);
+    const WorldGaussian<T> wg(a, n);
+    const Mat3<T>& cov = wg.cov;
+    const Vec3<T>& mean = wg.mean;
+    const T opacity_raw = wg.opacity;
     for (int c = 0; c < p.C; ++c) {
       const int64_t i = int64_t(c) * p.N + n;
       const CameraView<T>& cam = a.cams[c];
@@ -86,10 +103,7 @@ RECON_ALWAYS_INLINE void forward_chunk(const ForwardArgs<T>& a, int64_t n0, int6
   }
 }
 
-template <typename T> struct BackwardArgs {
-  const ProjectParams* p;
-  const CameraView<T>* cams;  // [C]
-  const T *means, *log_scales, *quats, *opacity_logits, *sh;
+template <typename T> struct BackwardArgs : GaussianArgs<T> {
   const int32_t* radii;
   const T *v_means2d, *v_conics, *v_colors, *v_opacities, *v_depths;
   T *v_means, *v_log_scales, *v_quats, *v_opacity_logits, *v_sh;
@@ -100,10 +114,11 @@ template <typename T>
 RECON_ALWAYS_INLINE void backward_chunk(const BackwardArgs<T>& a, int64_t n0, int64_t n1, T* pose) {
   const ProjectParams& p = *a.p;
   for (int64_t n = n0; n < n1; ++n) {
-    const Mat3<T> Rg = quat_to_rotmat(a.quats + 4 * n);
-    const Mat3<T> cov = covariance(Rg, a.log_scales + 3 * n);
-    const Vec3<T> mean = {a.means[3 * n], a.means[3 * n + 1], a.means[3 * n + 2]};
-    const T opacity_raw = sigmoid(a.opacity_logits[n]);
+    const WorldGaussian<T> wg(a, n);
+    const Mat3<T>& Rg = wg.R;
+    const Mat3<T>& cov = wg.cov;
+    const Vec3<T>& mean = wg.mean;
+    const T opacity_raw = wg.opacity;
     Vec3<T> v_mean = {T(0), T(0), T(0)};
     Mat3<T> v_cov = mat3_zero<T>();
     T v_op_raw = T(0);
@@ -173,6 +188,13 @@ template <typename T> Kernels<T> kernels() {
   return {&generic::forward<T>, &generic::backward<T>};
 }
 
+// f(chunk, n0, n1) for the chunks [n0, n1) of kChunk Gaussians of [0, N), handed out dynamically.
+template <typename F> void for_chunks(int64_t N, const F& f) {
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < chunks; ++ch) f(ch, ch * kChunk, std::min<int64_t>(N, (ch + 1) * kChunk));
+}
+
 template <typename T> std::vector<CameraView<T>> load_cameras(int C, const T* viewmats, const T* Ks) {
   std::vector<CameraView<T>> cams(C);
   for (int c = 0; c < C; ++c) cams[c] = load_camera(viewmats + 16 * c, Ks + 9 * c);
@@ -186,12 +208,15 @@ void cpu_project_forward(const ProjectParams& p, const T* means, const T* log_sc
                          const T* opacity_logits, const T* sh, const T* viewmats, const T* Ks, T* means2d,
                          T* conics, T* colors, T* opacities, T* depths, int32_t* radii) {
   const std::vector<CameraView<T>> cams = load_cameras(p.C, viewmats, Ks);
-  const ForwardArgs<T> a{&p,      cams.data(), means,  log_scales, quats,  opacity_logits, sh,
-                         means2d, conics,      colors, opacities,  depths, radii};
+  const ForwardArgs<T> a{{&p, cams.data(), means, log_scales, quats, opacity_logits, sh},
+                         means2d,
+                         conics,
+                         colors,
+                         opacities,
+                         depths,
+                         radii};
   const auto run = kernels<T>().forward;
-  const int64_t chunks = (int64_t(p.N) + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t ch = 0; ch < chunks; ++ch) run(a, ch * kChunk, std::min<int64_t>(p.N, (ch + 1) * kChunk));
+  for_chunks(p.N, [&](int64_t, int64_t n0, int64_t n1) { run(a, n0, n1); });
 }
 
 template <typename T>
@@ -201,13 +226,7 @@ void cpu_project_backward(const ProjectParams& p, const T* means, const T* log_s
                           const T* v_opacities, const T* v_depths, T* v_means, T* v_log_scales, T* v_quats,
                           T* v_opacity_logits, T* v_sh, T* v_viewmats) {
   const std::vector<CameraView<T>> cams = load_cameras(p.C, viewmats, Ks);
-  const BackwardArgs<T> a{&p,
-                          cams.data(),
-                          means,
-                          log_scales,
-                          quats,
-                          opacity_logits,
-                          sh,
+  const BackwardArgs<T> a{{&p, cams.data(), means, log_scales, quats, opacity_logits, sh},
                           radii,
                           v_means2d,
                           v_conics,
@@ -222,9 +241,8 @@ void cpu_project_backward(const ProjectParams& p, const T* means, const T* log_s
   const auto run = kernels<T>().backward;
   const int64_t chunks = (int64_t(p.N) + kChunk - 1) / kChunk;
   std::vector<T> pose(size_t(chunks) * p.C * 12, T(0));  // [chunks, C, 12]
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t ch = 0; ch < chunks; ++ch)
-    run(a, ch * kChunk, std::min<int64_t>(p.N, (ch + 1) * kChunk), pose.data() + size_t(ch) * p.C * 12);
+  for_chunks(
+      p.N, [&](int64_t ch, int64_t n0, int64_t n1) { run(a, n0, n1, pose.data() + size_t(ch) * p.C * 12); });
   for (int64_t ch = 0; ch < chunks; ++ch)
     for (int c = 0; c < p.C; ++c)
       for (int k = 0; k < 12; ++k) v_viewmats[16 * c + k] += pose[(size_t(ch) * p.C + c) * 12 + k];

@@ -13,8 +13,6 @@
 #include <atomic>
 #include <cmath>
 #include <memory>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "cpu_raster_isa.h"
@@ -54,16 +52,34 @@ inline uint32_t depth_order_key(float d) {
   const uint32_t bits = __builtin_bit_cast(uint32_t, d);
   return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 }
+inline uint64_t depth_order_key(double d) {
+  const uint64_t bits = __builtin_bit_cast(uint64_t, d);
+  return (bits & 0x8000000000000000ull) ? ~bits : bits | 0x8000000000000000ull;
+}
 
-cpu::Tile tile_of(const TileParams& p, int64_t t) {
-  const int TX = p.tiles_x();
+// One (camera, tile) job of the blending loops: the tile, its camera's packed Gaussians, its
+// slice [start, start + n) of the tile lists and its top-left pixel in the [C, H, W] images.
+template <typename T> struct TileJob {
   cpu::Tile tile;
-  tile.x0 = int(t % TX) * p.tile_size;
-  tile.y0 = int(t / TX) * p.tile_size;
-  tile.w = std::min(p.tile_size, p.width - tile.x0);
-  tile.h = std::min(p.tile_size, p.height - tile.y0);
-  tile.stride = p.width;
-  return tile;
+  const cpu::PackedSplat<T>* g;
+  int64_t start, n, pix0;
+};
+
+template <typename T>
+TileJob<T> tile_job(const TileParams& p, const cpu::PackedSplat<T>* packed, const int64_t* tile_offsets,
+                    int64_t job) {
+  const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), c = job / n_tiles, t = job % n_tiles;
+  TileJob<T> j;
+  j.tile.x0 = int(t % p.tiles_x()) * p.tile_size;
+  j.tile.y0 = int(t / p.tiles_x()) * p.tile_size;
+  j.tile.w = std::min(p.tile_size, p.width - j.tile.x0);
+  j.tile.h = std::min(p.tile_size, p.height - j.tile.y0);
+  j.tile.stride = p.width;
+  j.g = packed + c * p.N;
+  j.start = tile_offsets[job];
+  j.n = tile_offsets[job + 1] - j.start;
+  j.pix0 = (c * p.height + j.tile.y0) * p.width + j.tile.x0;
+  return j;
 }
 
 // Stable counting sort, in parallel: items [0, n) each emit keys in [0, n_keys) through
@@ -101,6 +117,37 @@ void stable_counting_sort(int64_t n, int64_t n_keys, const KeysOf& keys_of, int6
   }
 }
 
+// Bits of the depth key sorted per pass of depth_order's radix sort (2048 buckets).
+constexpr int kRadixBits = 11;
+
+// The visible (radii > 0) screen-space Gaussians of [C*N], by depth then index: a stable
+// least-significant-digit radix sort of depth_order_key (one stable_counting_sort per
+// kRadixBits), starting from index order.
+template <typename T> std::vector<int64_t> depth_order(int64_t CN, const int32_t* radii, const T* depths) {
+  using Key = decltype(depth_order_key(T()));
+  std::vector<int64_t> items;
+  std::vector<Key> keys;
+  for (int64_t i = 0; i < CN; ++i)
+    if (radii[2 * i] > 0 && radii[2 * i + 1] > 0) {
+      items.push_back(i);
+      keys.push_back(depth_order_key(depths[i]));
+    }
+  const int64_t n = int64_t(items.size());
+  std::vector<int64_t> next_items(items.size()), offsets((size_t(1) << kRadixBits) + 1);
+  std::vector<Key> next_keys(keys.size());
+  constexpr Key kMask = (Key(1) << kRadixBits) - 1;
+  for (int shift = 0; shift < int(8 * sizeof(Key)); shift += kRadixBits) {
+    auto digit = [&](int64_t j, const auto& emit) { emit(int64_t((keys[size_t(j)] >> shift) & kMask)); };
+    stable_counting_sort(n, int64_t(1) << kRadixBits, digit, offsets.data(), [&](int64_t pos, int64_t j) {
+      next_items[size_t(pos)] = items[size_t(j)];
+      next_keys[size_t(pos)] = keys[size_t(j)];
+    });
+    items.swap(next_items);
+    keys.swap(next_keys);
+  }
+  return items;
+}
+
 }  // namespace
 
 template <typename T>
@@ -124,65 +171,37 @@ void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radi
                       const int64_t* isect_offsets, int64_t n_isect, int64_t* tile_offsets, int32_t* flat_ids,
                       void* temp, size_t temp_bytes) {
   (void)isect_offsets;
+  (void)n_isect;
   (void)temp;
   (void)temp_bytes;
   const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y();
-  const int64_t total_tiles = n_tiles * p.C;
-  // Counting sort by (camera, tile); Gaussians enter in index order, so the per-tile
-  // depth sort below can break ties by index.
-  auto tiles_of = [&](int64_t i, const auto& emit) {
-    if (radii[2 * i] <= 0 || radii[2 * i + 1] <= 0) return;
-    const int64_t base = (i / p.N) * n_tiles;
+  // Counting sort by (camera, tile) of the Gaussians taken in depth order: every tile's list
+  // comes out sorted by depth, then index, with no per-tile sort.
+  const std::vector<int64_t> order = depth_order(int64_t(p.C) * p.N, radii, depths);
+  auto tiles_of = [&](int64_t j, const auto& emit) {
+    const int64_t i = order[size_t(j)], base = (i / p.N) * n_tiles;
     const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
     for (int ty = r.y0; ty < r.y1; ++ty)
       for (int tx = r.x0; tx < r.x1; ++tx) emit(base + int64_t(ty) * p.tiles_x() + tx);
   };
-  stable_counting_sort(int64_t(p.C) * p.N, total_tiles, tiles_of, tile_offsets,
-                       [&](int64_t pos, int64_t i) { flat_ids[pos] = int32_t(i % p.N); });
-  (void)n_isect;
-#pragma omp parallel
-  {
-    std::vector<uint64_t> keys;
-    std::vector<std::pair<T, int32_t>> pairs;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t t = 0; t < total_tiles; ++t) {
-      const int64_t a = tile_offsets[t], b = tile_offsets[t + 1];
-      const T* dep = depths + (t / n_tiles) * p.N;
-      // by depth, then index
-      if constexpr (std::is_same_v<T, float>) {  // one integer per entry sorts faster than pairs
-        keys.clear();
-        for (int64_t k = a; k < b; ++k)
-          keys.push_back(uint64_t(depth_order_key(dep[flat_ids[k]])) << 32 | uint32_t(flat_ids[k]));
-        std::sort(keys.begin(), keys.end());
-        for (int64_t k = a; k < b; ++k) flat_ids[k] = int32_t(uint32_t(keys[k - a]));
-      } else {
-        pairs.clear();
-        for (int64_t k = a; k < b; ++k) pairs.emplace_back(dep[flat_ids[k]], flat_ids[k]);
-        std::sort(pairs.begin(), pairs.end());
-        for (int64_t k = a; k < b; ++k) flat_ids[k] = pairs[k - a].second;
-      }
-    }
-  }
+  stable_counting_sort(int64_t(order.size()), n_tiles * p.C, tiles_of, tile_offsets,
+                       [&](int64_t pos, int64_t j) { flat_ids[pos] = int32_t(order[size_t(j)] % p.N); });
 }
 
 template <typename T>
 void cpu_raster_forward(const TileParams& p, const T* means2d, const T* conics, const T* colors,
                         const T* opacities, const T* depths, const int64_t* tile_offsets,
                         const int32_t* flat_ids, T* rgb, T* depth_sum, T* alpha, int32_t* n_contrib) {
-  const int64_t n_tiles = int64_t(p.tiles_x()) * p.tiles_y(), jobs = n_tiles * p.C;
+  const int64_t jobs = int64_t(p.tiles_x()) * p.tiles_y() * p.C;
   const auto packed = pack_splats(int64_t(p.C) * p.N, means2d, conics, colors, opacities, depths);
   const cpu::TileKernels<T> kernels = cpu::tile_kernels<T>(p.tile_size);
   int64_t lanes = 0, blended = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : lanes, blended)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t c = job / n_tiles;
-    const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
-    const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
-    const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
+    const TileJob<T> j = tile_job(p, packed.get(), tile_offsets, job);
     cpu::TileCounts counts;
-    kernels.forward(g, flat_ids + start, n, tile, rgb + 3 * pix0, depth_sum + pix0, alpha + pix0,
-                    n_contrib + pix0, counts);
+    kernels.forward(j.g, flat_ids + j.start, j.n, j.tile, rgb + 3 * j.pix0, depth_sum + j.pix0,
+                    alpha + j.pix0, n_contrib + j.pix0, counts);
     lanes += counts.lanes;
     blended += counts.blended;
   }
@@ -207,14 +226,11 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   int64_t lanes = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : lanes)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t c = job / n_tiles;
-    const cpu::Tile tile = tile_of(p, job % n_tiles);
-    const cpu::PackedSplat<T>* g = packed.get() + c * p.N;
-    const int64_t start = tile_offsets[job], n = tile_offsets[job + 1] - start;
-    const int64_t pix0 = (c * p.height + tile.y0) * p.width + tile.x0;
+    const TileJob<T> j = tile_job(p, packed.get(), tile_offsets, job);
     cpu::TileCounts counts;
-    kernels.backward(g, flat_ids + start, n, tile, alpha + pix0, n_contrib + pix0, v_rgb + 3 * pix0,
-                     v_depth_sum + pix0, v_alpha + pix0, isect_grads.get() + start * G, counts);
+    kernels.backward(j.g, flat_ids + j.start, j.n, j.tile, alpha + j.pix0, n_contrib + j.pix0,
+                     v_rgb + 3 * j.pix0, v_depth_sum + j.pix0, v_alpha + j.pix0,
+                     isect_grads.get() + j.start * G, counts);
     lanes += counts.lanes;
   }
   g_bwd_lanes = lanes;
@@ -228,10 +244,13 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   };
   stable_counting_sort(n_isect, CN, gaussian_of, first.data(),
                        [&](int64_t pos, int64_t k) { order[pos] = k; });
+  // The slots are read in random order: each is prefetched kAhead entries before its use.
+  constexpr int64_t kAhead = 16;
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
   for (int64_t i = 0; i < CN; ++i) {
     T sum[G] = {};
     for (int64_t j = first[i]; j < first[i + 1]; ++j) {
+      if (j + kAhead < n_isect) __builtin_prefetch(isect_grads.get() + order[j + kAhead] * G);
       const T* e = isect_grads.get() + order[j] * G;
       for (int s = 0; s < G; ++s) sum[s] += e[s];
     }

@@ -141,21 +141,62 @@ RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& ti
   return true;
 }
 
-// Whether the ellipse sigma <= sigma_max crosses the tile's columns [0, w) on the row at
-// vertical offset dy (= my - pixel centre y). Tighter than the bounding box for tilted or
-// off-tile Gaussians; padded by a pixel and a relative margin, like the box, so it never
-// skips a row the exact test would blend on.
-template <typename T>
-RECON_TILE_INLINE bool row_crosses(const Splat<T>& s, T dy, T x0_centre, int w) {
-  // 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - sigma_max <= 0, a quadratic in dx = mx - px.
-  const T a = s.conic.a, b = s.conic.b, c = s.conic.c;
-  const T disc = b * b * dy * dy - a * (c * dy * dy - T(2) * s.sigma_max * T(1.001)) + T(1e-6);
-  if (disc < T(0)) return false;
-  const T root = std::sqrt(disc);
-  const T dx_lo = (-b * dy - root) * s.inv_a, dx_hi = (-b * dy + root) * s.inv_a;
-  // lane x has dx = mx - (x0_centre + x): visible lanes x in [mx - dx_hi - x0c, mx - dx_lo - x0c]
-  const T x_lo = s.mx - dx_hi - x0_centre, x_hi = s.mx - dx_lo - x0_centre;
-  return x_hi >= T(-1) && x_lo <= T(w);
+// 1 << y for y < 32, as a table: a per-lane variable shift has no SSE2 instruction, so a
+// loop that shifts does not vectorise on the baseline ISA; one that loads does.
+struct RowBits {
+  int32_t bit[32];
+  constexpr RowBits() : bit() {
+    for (int y = 0; y < 32; ++y) bit[y] = int32_t(1u << y);
+  }
+};
+inline constexpr RowBits kRowBits{};
+
+// The rows y of the splat's box [py0, py1) on which the ellipse sigma <= sigma_max crosses
+// the tile's columns [0, w), as bits 1 << y, for all TS rows at once (one vector
+// computation per entry instead of a scalar test and branch per row). Tighter than the box
+// for tilted or off-tile Gaussians; padded by a pixel and a relative margin, like the box,
+// so it never skips a row the exact test would blend on.
+template <typename T, int TS>
+RECON_TILE_INLINE uint32_t crossing_rows(const Splat<T>& s, const Tile& tile, T x0_centre) {
+  static_assert(TS <= 32, "one bit per row");
+  // 0.5 a dx^2 + b dy dx + 0.5 c dy^2 - sigma_max <= 0, a quadratic in dx = mx - px, holds
+  // on dx in [(-b dy - root) / a, (-b dy + root) / a] with root = sqrt(disc). Lane x has
+  // dx = mx - (x0_centre + x), so the visible lanes are [u - r, u + r] with
+  // u = mx - x0_centre + b dy / a and r = root / a; they meet [-1, w] iff
+  // r >= m = max(-1 - u, u - w), compared squared (no square root).
+  const T a = s.conic.a, b = s.conic.b, c = s.conic.c, inv_a = s.inv_a, mx = s.mx, my = s.my;
+  const T two_sigma = T(2) * s.sigma_max * T(1.001), w = T(tile.w);
+  const T py0 = T(s.py0), py1 = T(s.py1);
+  // Bits per row as int32 lanes, OR-ed after the loop (a loop that both tests floats and
+  // builds the mask does not vectorise with GCC).
+  alignas(64) int32_t bit[TS];
+#pragma omp simd
+  for (int y = 0; y < TS; ++y) {
+    const T dy = my - (T(tile.y0 + y) + T(0.5));
+    const T disc = b * b * dy * dy - a * (c * dy * dy - two_sigma) + T(1e-6);
+    const T u = mx - x0_centre + b * dy * inv_a;
+    const T lo = T(-1) - u, hi = u - w;
+    const T m = lo > hi ? lo : hi;
+    const T m2 = m > T(0) ? m * m : T(0);
+    const T crosses = (disc >= T(0) ? T(1) : T(0)) * (disc * inv_a * inv_a >= m2 ? T(1) : T(0)) *
+                      (T(y) >= py0 ? T(1) : T(0)) * (T(y) < py1 ? T(1) : T(0));
+    bit[y] = crosses > T(0) ? kRowBits.bit[y] : 0;
+  }
+  uint32_t rows = 0;
+#pragma omp simd reduction(| : rows)
+  for (int y = 0; y < TS; ++y) rows |= uint32_t(bit[y]);
+  return rows;
+}
+
+// Bits 1 << y of the rows y < TS with v[y] > bound.
+template <typename T, int TS> RECON_TILE_INLINE uint32_t rows_above(const T* v, T bound) {
+  alignas(64) int32_t bit[TS];
+#pragma omp simd
+  for (int y = 0; y < TS; ++y) bit[y] = v[y] > bound ? kRowBits.bit[y] : 0;
+  uint32_t rows = 0;
+#pragma omp simd reduction(| : rows)
+  for (int y = 0; y < TS; ++y) rows |= uint32_t(bit[y]);
+  return rows;
 }
 
 // Front-to-back blending of one tile's list (ids [n], nearest first). Writes rgb [3 per
@@ -178,6 +219,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     last[q] = T(n);
   }
   for (int y = 0; y < TS; ++y) row_live[y] = y < tile.h ? tile.w : 0;
+  uint32_t live_rows = tile.h >= 32 ? ~0u : (1u << tile.h) - 1u;  // bits of the rows with row_live > 0
   int n_live = tile.w * tile.h;
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
@@ -189,10 +231,10 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    for (int y = s.py0; y < s.py1; ++y) {
-      if (row_live[y] == 0) continue;
+    // the rows to blend, in increasing y: one loop trip per row, no per-row branch to predict
+    for (uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & live_rows; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      if (!row_crosses(s, dy, x0, tile.w)) continue;
       lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
       T* __restrict tr = Tr + y * TS;
@@ -229,6 +271,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         nb[x] += blendf;
       }
       row_live[y] -= newly_done;
+      if (row_live[y] == 0) live_rows &= ~(1u << y);
       n_live -= newly_done;
     }
   }
@@ -249,15 +292,21 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
   counts.blended += int64_t(blended);
 }
 
-// Sum of the TS values of v (destroys v), as a fixed pairwise tree so the result does not
-// depend on the vector width.
-template <typename T, int TS>
-RECON_TILE_INLINE T lane_sum(T* v) {
-  for (int half = TS / 2; half > 0; half /= 2) {
+// out[j] = the sum of the TS values of acc[j], for each of the G rows (destroys acc), as a
+// fixed pairwise tree (lanes x and x + H added, H = TS / 2, TS / 4, ..., 1) so the result
+// does not depend on the vector width. H is a template argument so every step compiles to
+// whole vector adds, with no loop over the steps.
+template <typename T, int TS, int G, int H = TS / 2>
+RECON_TILE_INLINE void lane_sums(T (&acc)[G][TS], T* out) {
+  if constexpr (H == 0) {
+    for (int j = 0; j < G; ++j) out[j] = acc[j][0];
+  } else {
+    for (int j = 0; j < G; ++j) {
 #pragma omp simd
-    for (int x = 0; x < half; ++x) v[x] += v[x + half];
+      for (int x = 0; x < H; ++x) acc[j][x] += acc[j][x + H];
+    }
+    lane_sums<T, TS, G, H / 2>(acc, out);
   }
-  return v[0];
 }
 
 // Back-to-front walk of one tile's list, recovering each pixel's transmittance from the
@@ -301,7 +350,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
   // Per-lane partial sums of one entry's gradient over its rows, reduced once per entry
-  // (lane_sum): a horizontal reduction per row and slot cost more than the row itself.
+  // (lane_sums): a horizontal reduction per row and slot cost more than the row itself.
   alignas(64) T acc[G][TS];
   for (int64_t k = n_walk - 1; k >= 0; --k) {
     if (k >= kPrefetchAhead) __builtin_prefetch(g + ids[k - kPrefetchAhead]);
@@ -311,16 +360,14 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    bool any_row = false;
-    for (int y = s.py0; y < s.py1; ++y) {
-      if (!(kf < row_last[y])) continue;
+    // the rows where the entry blended somewhere in forward (k < n_contrib) and it crosses
+    uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & rows_above<T, TS>(row_last, kf);
+    if (rows == 0) continue;  // its slot keeps the tile's zeros
+    for (int j = 0; j < G; ++j)
+      for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
+    for (; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      if (!row_crosses(s, dy, x0, tile.w)) continue;
-      if (!any_row) {
-        for (int j = 0; j < G; ++j)
-          for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
-        any_row = true;
-      }
       lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
       const int row = y * TS;
@@ -383,8 +430,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
         a_my[x] += (cb * dx + cc * dy) * v_sigma;
       }
     }
-    if (any_row)
-      for (int j = 0; j < G; ++j) grads[k * G + j] = lane_sum<T, TS>(acc[j]);
+    lane_sums<T, TS, G>(acc, grads + k * G);
   }
   counts.lanes += lanes;
 }
