@@ -199,3 +199,11 @@ def test_instruction_set_variants_agree(tmp_path):
     for isa, (v, g) in results.items():
         assert float(v) == pytest.approx(float(value), abs=1e-6), isa
         assert float((g - grad).abs().max()) <= 1e-5 * float(grad.abs().max()), isa
+
+
+def test_identical_images_score_one():
+    """The variances are differences of blurred products: evaluated inconsistently (some
+    products fused into multiply-adds, others not) SSIM(x, x) misses 1 by ~1e-5."""
+    for shape in [(378, 504, 3), (16, 24, 3), (1, 7, 3)]:
+        pred, _ = _pair(*shape, seed=12)
+        assert float(_fused(pred, pred.detach()).detach()) == pytest.approx(1.0, abs=1e-6)

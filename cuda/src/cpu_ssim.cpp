@@ -20,6 +20,13 @@
 
 #include "cpu_isa.h"
 
+// No multiply-add contraction in this file: SSIM subtracts products from blurred products
+// (sigma^2 = E[x^2] - mu^2), and fusing some of those products but not others makes SSIM(x, x)
+// differ from 1 by ~1e-5 (the variances' rounding next to C2). Without it every element is
+// computed with the same roundings as the torch path, and every instruction set gives the
+// same bits.
+#pragma GCC optimize("fp-contract=off")
+
 namespace recon {
 namespace {
 
