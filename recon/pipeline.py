@@ -140,7 +140,12 @@ def fit_scene(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new uninitialised tensor with NaN (a guard against
+    # kernels that read memory they never wrote); ours write their outputs in full, and the
+    # fills cost a few per cent of every iteration (tests/test_trainer.py checks nothing changes).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with recording():  # metrics.json's time_breakdown (recon.timing)
             return _fit(str(scene_spec), run, cfg, resume, list(listeners), control)
@@ -151,6 +156,7 @@ def fit_scene(
             f"use --config fast") from exc
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
 @dataclass

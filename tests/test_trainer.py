@@ -90,3 +90,38 @@ def test_random_background_composites_target_and_render_on_one_random_colour():
                                             "regularise.enabled=false", "depth.enabled=false",
                                             "pseudo.enabled=false"]), _transparent(), data)
     assert plain.step(1)["photo"] > 0.1  # without it the photographs' background is the target
+
+
+def _cpu_steps(fill: bool, steps: int = 4) -> dict[str, torch.Tensor]:
+    """Parameters after a few CPU-backend steps with every loss the llff3 preset uses."""
+    cfg = load_config("llff3", ["render.backend=cpu", "binocular.start=0", "pseudo.enabled=false",
+                                "optim.resolution_schedule=[[0, 1]]"])
+    cams = cameras(40, 32, n=2)
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.rand(32, 40, 3, generator=gen) for _ in cams]
+    priors = [(1.0 + torch.rand(32, 40, generator=gen), "depth") for _ in cams]
+    data = TrainData(cameras=cams, images=images, names=["a", "b"], depth_priors=priors)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)  # as recon.pipeline.fit_scene runs the trainer
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        trainer = Trainer(cfg, random_gaussians(300, seed=2, sh_degree=1, grad=False), data)
+        records = [trainer.step(it) for it in range(1, steps + 1)]
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+    assert "binocular" in records[-1] and "depth" in records[-1]
+    return {k: p.detach().clone() for k, p in trainer.params.items()}
+
+
+def test_steps_do_not_read_uninitialised_memory():
+    """recon.pipeline.fit_scene turns off deterministic mode's NaN fill of new tensors (a few
+    per cent of each iteration): every kernel a step runs must write its outputs in full, so
+    the fill cannot change a result."""
+    from recon.render import available_backends
+
+    if "cpu" not in available_backends():
+        pytest.skip("CPU extension unavailable")
+    filled, unfilled = _cpu_steps(fill=True), _cpu_steps(fill=False)
+    for key in filled:
+        assert torch.equal(filled[key], unfilled[key]), key

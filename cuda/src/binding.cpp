@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_ssim.h"
 #include "recon/api.h"
 #include "recon/constants.h"
 
@@ -285,6 +286,44 @@ bool has_cuda() {
 #endif
 }
 
+// recon.optimise.losses.ssim's fused CPU path (cpu_ssim.h). x, y [B, H, W, C] float32 CPU,
+// window [S] -> (mean SSIM as a float32 scalar, coef [B, Ho, 3, Wo * C] or an empty tensor).
+std::vector<Tensor> ssim_forward(const Tensor& x, const Tensor& y, const Tensor& window, double c1, double c2,
+                                 bool need_grad) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 4,
+              "ssim_forward: x must be a [B, H, W, C] float32 CPU tensor, got ", x.sizes(), " ",
+              x.scalar_type());
+  TORCH_CHECK(y.sizes() == x.sizes() && y.device().is_cpu() && y.scalar_type() == torch::kFloat32,
+              "ssim_forward: y must match x ", x.sizes(), ", got ", y.sizes(), " ", y.scalar_type());
+  TORCH_CHECK(window.dim() == 1 && window.scalar_type() == torch::kFloat32 && window.size(0) % 2 == 1 &&
+                  window.size(0) <= std::min(x.size(1), x.size(2)),
+              "ssim_forward: window must be an odd float32 [S] no larger than the image, got ",
+              window.sizes());
+  recon::SsimShape s{x.size(0), x.size(1), x.size(2), x.size(3), window.size(0)};
+  const Tensor xc = x.contiguous(), yc = y.contiguous(), g = window.contiguous();
+  Tensor coef =
+      need_grad ? torch::empty({s.B, s.Ho(), 3, s.L()}, xc.options()) : torch::empty({0}, xc.options());
+  const double total = recon::cpu_ssim_forward(s, ptr<float>(xc), ptr<float>(yc), ptr<float>(g), float(c1),
+                                               float(c2), need_grad ? ptr<float>(coef) : nullptr);
+  const double count = double(s.B) * double(s.Ho()) * double(s.L());
+  return {torch::scalar_tensor(total / count, xc.options()), coef};
+}
+
+// d(mean SSIM)/dx [B, H, W, C] times `grad` (the upstream gradient of the mean).
+Tensor ssim_backward(const Tensor& x, const Tensor& y, const Tensor& window, const Tensor& coef,
+                     double grad) {
+  recon::SsimShape s{x.size(0), x.size(1), x.size(2), x.size(3), window.size(0)};
+  TORCH_CHECK(coef.dim() == 4 && coef.size(0) == s.B && coef.size(1) == s.Ho() && coef.size(2) == 3 &&
+                  coef.size(3) == s.L(),
+              "ssim_backward: coef must come from ssim_forward(..., need_grad=true), got ", coef.sizes());
+  const Tensor xc = x.contiguous(), yc = y.contiguous(), g = window.contiguous(), cc = coef.contiguous();
+  Tensor dx = torch::empty_like(xc);
+  const double count = double(s.B) * double(s.Ho()) * double(s.L());
+  recon::cpu_ssim_backward(s, ptr<float>(xc), ptr<float>(yc), ptr<float>(g), ptr<float>(cc),
+                           float(grad / count), ptr<float>(dx));
+  return dx;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -308,4 +347,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("TRANSMITTANCE_MIN") = recon::kTransmittanceMin;
   m.attr("DILATION") = recon::kDilation;
   m.attr("MAX_EXTEND") = recon::kMaxExtend;
+  m.def("ssim_forward", &ssim_forward, "fused mean SSIM (cpu_ssim.h)", py::arg("x"), py::arg("y"),
+        py::arg("window"), py::arg("c1"), py::arg("c2"), py::arg("need_grad"));
+  m.def("ssim_backward", &ssim_backward, "gradient of ssim_forward's mean in x", py::arg("x"), py::arg("y"),
+        py::arg("window"), py::arg("coef"), py::arg("grad"));
 }

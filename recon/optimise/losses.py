@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recon.optimise import _fused_ssim
+
 # Standard SSIM constants (Wang et al. 2004) for images in [0, 1].
 _SSIM_C1 = 0.01**2
 _SSIM_C2 = 0.03**2
@@ -52,13 +54,28 @@ def _blur(x: Tensor, g: Tensor) -> Tensor:
     return F.conv2d(x, g.view(1, 1, S, 1).expand(C, 1, S, 1), groups=C)
 
 
+def _ssim_window(height: int, width: int, like: Tensor) -> Tensor:
+    """The 1-D window [S]: 11 taps (sigma 1.5), shrunk to the largest odd size the image fits."""
+    size = min(_SSIM_WINDOW, width, height)
+    size -= 1 - size % 2  # odd window
+    return _gaussian_1d(size, _SSIM_SIGMA, like)
+
+
 def ssim(pred: Tensor, gt: Tensor) -> Tensor:
     """Mean SSIM with an 11x11 Gaussian window (sigma 1.5), valid-region only like
-    torchmetrics, so the fit and the evaluation agree on what SSIM means."""
+    torchmetrics, so the fit and the evaluation agree on what SSIM means. On CPU float32
+    images it runs as one compiled kernel with an analytic backward (recon.optimise._fused_ssim,
+    the same quantity; tests/test_ssim_fused.py checks both against each other)."""
+    x, y = (pred[None], gt[None]) if pred.dim() == 3 else (pred, gt)  # [B, H, W, 3]
+    g = _ssim_window(x.shape[1], x.shape[2], x)
+    if _fused_ssim.usable(x, y):
+        return _fused_ssim.mean_ssim(x, y, g, _SSIM_C1, _SSIM_C2)
+    return _ssim_torch(x, y, g)
+
+
+def _ssim_torch(pred: Tensor, gt: Tensor, g: Tensor) -> Tensor:
+    """``ssim`` in torch ops (any device and dtype; differentiable in both images)."""
     x, y = _as_bchw(pred), _as_bchw(gt)  # [B, 3, H, W]
-    size = min(_SSIM_WINDOW, x.shape[-1], x.shape[-2])
-    size -= 1 - size % 2  # odd window
-    g = _gaussian_1d(size, _SSIM_SIGMA, x)
     # One blur call for the five statistics: [B, 15, H, W].
     stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
     mu_x, mu_y, exx, eyy, exy = stats.split(x.shape[1], dim=1)

@@ -171,7 +171,7 @@ class Trainer:
         cam = self._pseudo_camera(size)
         with stage("render_forward"):
             out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
-        depth = out.depth[0]  # [H, W]
+        depth = out.depth.squeeze(0)  # [H, W] (one camera; a view, see step())
         if self.depth_model is not None:
             pred = self.depth_model.predict(out.rgb[0].detach().clamp(0, 1))
             prior, kind = pred.values.to(depth), pred.kind
@@ -203,7 +203,7 @@ class Trainer:
         side = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
         baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
         with stage("render_forward"):
-            shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb[0]
+            shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb.squeeze(0)
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
@@ -222,7 +222,7 @@ class Trainer:
         k = int(torch.randint(len(self.pseudo_targets), (1,), generator=self.generator))
         cam, target = self.pseudo_targets[k]
         with stage("render_forward"):
-            pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb[0]
+            pred = self.render_fn(self.gaussians(), [cam], self.render_settings(sh)).rgb.squeeze(0)
         return weight * losses.l1(pred, target)
 
     # ---- loop ---------------------------------------------------------------------------
@@ -253,12 +253,14 @@ class Trainer:
         with stage("densify"):
             info = self.densifier.pre_backward(self.params, self.optimizers, it, out) if cfg.densify.enabled else None
         stop_losses = start("losses")  # the stages below are nested: they count on their own
-        rgb = out.rgb[0]  # [H, W, 3]
+        # squeeze, not [0]: a view, whose backward is free; indexing's backward writes a zero
+        # image and copies the gradient into it, once per use (depth is used three times)
+        rgb, depth = out.rgb.squeeze(0), out.depth.squeeze(0)  # [H, W, 3], [H, W] (one camera)
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
-            terms["depth"] = self._depth_terms(out.depth[0], prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
-        if (bino := self._binocular_loss(it, settings, g, cam, out.depth[0], gt)) is not None:
+            terms["depth"] = self._depth_terms(depth, prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
+        if (bino := self._binocular_loss(it, settings, g, cam, depth, gt)) is not None:
             terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
