@@ -137,3 +137,19 @@ def test_mission_command_on_a_capture_records_what_it_picked(tmp_path, capsys):
     metrics = json.loads((run2 / "metrics.json").read_text())
     assert metrics["config"] == {**metrics["config"], "preset": "generic", "reason": "given with --config"}
     assert metrics["data"]["resolution"]["working"] == [W, H]
+
+
+def test_a_photo_rotated_against_its_transforms_is_refused(tmp_path):
+    """A phone JPEG stored landscape with an EXIF rotation, described portrait by transforms.json:
+    scaling K by the size ratio would silently fit the wrong camera."""
+    from PIL import Image
+
+    from recon.data import load_scene
+    from recon.errors import SceneError
+
+    capture = _write_capture(tmp_path / "phone", 3, "nerfstudio")
+    path = capture / "images" / "frame_001.png"
+    with Image.open(path) as im:
+        im.transpose(Image.Transpose.ROTATE_90).save(path)
+    with pytest.raises(SceneError, match=r"frame 1 .*image is 640x360 but the transforms give w=360 h=640.*EXIF"):
+        load_scene(capture)

@@ -53,6 +53,10 @@ def _intrinsics(frame: dict, top: dict, w: int, h: int, where: str) -> tuple[np.
     file_w, file_h = get("w"), get("h")
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     if file_w and file_h and (int(file_w), int(file_h)) != (w, h):  # images downscaled after capture
+        if abs((w / float(file_w)) / (h / float(file_h)) - 1) > 0.02:  # not a downscale: K cannot follow
+            raise SceneError(f"{where}: the image is {w}x{h} but the transforms give w={file_w} h={file_h}, another "
+                             f"shape (a rotated photo? EXIF orientation is not applied on load); rotate the image "
+                             f"files to the size the transforms describe")
         K[0] *= w / float(file_w)
         K[1] *= h / float(file_h)
     dist = np.array([float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2", "k3")])  # OpenCV order
