@@ -56,11 +56,11 @@ def resolution_record(loaded: list[int], working: list[int], opts: LoaderOptions
     unless a loader option such as ``width`` or ``downscale`` already resized it), the size the
     fit works at, and which setting decided it."""
     if working != loaded:
-        why = f"data.max_side={opts.max_side} caps the longer side (aspect kept)"
+        why = f"longer side capped at data.max_side={opts.max_side}, aspect kept"
     elif opts.max_side > 0:
-        why = f"already within data.max_side={opts.max_side}: kept"
+        why = f"within data.max_side={opts.max_side}, kept"
     else:
-        why = "data.max_side=0: kept"
+        why = "data.max_side=0, kept"
     if opts.options.get("width") or opts.options.get("downscale", 1.0) != 1.0:
         sized = {k: opts.options[k] for k in ("width", "downscale") if k in opts.options}
         why = f"loaded with {sized}; " + why

@@ -59,8 +59,8 @@ def choose_preset(scene_spec: str, *, format: str | None = None, protocol: str |
         name = next((p for most, p in SPARE_PRESETS if n <= most), SPARE_PRESETS[-1][1])
         return PresetChoice(name, format, protocol, f"{format} scene, SpaRe protocol, {n} views")
     return PresetChoice(GENERIC_PRESET, format, protocol,
-                        f"{format} scene, {protocol} protocol: a custom capture, fitted at a CPU working "
-                        f"resolution and budget (configs/generic.yaml)")
+                        f"{format} scene, {protocol} protocol: a custom capture, at the CPU working size "
+                        f"and budget of configs/generic.yaml")
 
 
 def usual_protocol(root: Path, format: str) -> str:
