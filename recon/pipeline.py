@@ -8,6 +8,7 @@ emits events and hands its state to ``checkpoint_fn``.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -119,9 +120,12 @@ def fit_scene(
     resume: bool = False,
     listeners: tuple[FitListener, ...] | list[FitListener] = (),
     control: FitControl | None = None,
+    preset: dict | None = None,
 ) -> Path:
     """Runs one fit and returns the run folder. ``resume=True`` continues the run in
-    ``out_dir`` from its latest checkpoint with the configuration saved there."""
+    ``out_dir`` from its latest checkpoint with the configuration saved there. ``preset``
+    (``{"name", "reason"}``, e.g. recon.optimise.presets.PresetChoice.record()) says which
+    preset ``config`` came from and why; metrics.json keeps it beside the budget."""
     run = Path(out_dir)
     if resume:
         if not (run / "config.yaml").is_file():
@@ -148,7 +152,7 @@ def fit_scene(
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with recording():  # metrics.json's time_breakdown (recon.timing)
-            return _fit(str(scene_spec), run, cfg, resume, list(listeners), control)
+            return _fit(str(scene_spec), run, cfg, resume, list(listeners), control, preset)
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise ReconError(
             f"out of memory while fitting {scene_spec} ({type(exc).__name__}); lower the resolution "
@@ -227,7 +231,7 @@ def _recover_poses(scene: Scene, split: Split, cfg: FitConfig):
                                pointmap_model=model, max_points=cfg.init.max_points)
 
 
-def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control) -> Path:
+def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, control, preset: dict | None) -> Path:
     from recon import render as render_module
 
     torch.manual_seed(cfg.seed)
@@ -261,7 +265,10 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
             with stage("write_outputs"):
                 record = run_outputs.scene_record(spec, p.scene, p.split)
                 record["loader"] = LoaderOptions.from_data_config(cfg.data).to_record()  # how `recon eval` re-reads it
+                record["preset"] = preset  # kept for --resume's metrics.json
                 run_outputs.write_scene_json(run, record)
+        elif (run / "scene.json").is_file():
+            preset = json.loads((run / "scene.json").read_text()).get("preset")
         trainer.checkpoint_fn = lambda state: save_checkpoint(run, {
             **state, "initial_test": initial, "sessions": session, "total_seconds": earlier + time.perf_counter() - t0})
         with stage("optimise_other"):  # the loop's own stages (render_forward, ...) are nested
@@ -278,7 +285,8 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
                 [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
             test = [replace(v, camera=c) for v, c in zip(test, cams)]
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
-                                 trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed, p.init)
+                                 trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed, p.init,
+                                 preset)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
@@ -288,7 +296,7 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
 
 def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
                    result, render_fn, settings, initial: dict | None, started: float,
-                   resumed: dict | None, init: dict) -> dict:
+                   resumed: dict | None, init: dict, preset: dict | None = None) -> dict:
     """Writes the run folder's results (files by recon.export) and returns metrics.json's contents.
     metrics.json is written after the other files (report.html, which reads it, after it); its
     total_seconds is perf_counter() - ``started`` just before (earlier sessions moved ``started`` back)."""
@@ -323,6 +331,12 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                            "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
                            "poses": scene.meta.get("poses")}
     metrics["fallbacks"] = fallbacks
+    # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).
+    metrics["data"] = {"format": scene.format, "resolution": scene.meta.get("resolution"),
+                       "undistorted_views": scene.meta.get("undistorted_views", 0)}
+    metrics["config"] = {"preset": (preset or {}).get("name"), "reason": (preset or {}).get("reason"),
+                         "iterations": cfg.optim.iterations, "max_gaussians": cfg.densify.max_gaussians,
+                         "resolution_schedule": [list(e) for e in cfg.optim.resolution_schedule]}
     run_outputs.write_run_cameras(run, train, result.cameras, test)
     run_outputs.training_curve(run / "training_curve.png", result.history)
     stop_writing()

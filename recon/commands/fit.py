@@ -175,18 +175,19 @@ def _fit(args: argparse.Namespace, listeners: list, control) -> tuple[Path, str 
     if not args.scene:
         raise ConfigError("recon fit needs a SCENE (a folder or builtin:synthetic), or --resume RUN")
     preset = args.config
+    chosen = {"name": preset, "reason": "given with --config"}
     if preset is None:
         from recon.optimise.presets import choose_preset
 
         choice = choose_preset(args.scene, format=args.format, protocol=args.protocol, views=args.views)
-        preset = choice.name
+        preset, chosen = choice.name, choice.record()
         if not args.quiet:
             print(choice.message())
     config = load_config(preset, _overrides(args))
     name = Path(args.scene.replace("builtin:", "")).name or "scene"
     out_dir = args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = fit_scene(args.scene, out_dir=out_dir, config=config, views=args.views, protocol=args.protocol,
-                    listeners=listeners, control=control)
+                    listeners=listeners, control=control, preset=chosen)
     return out, preset
 
 
@@ -201,11 +202,13 @@ def _print_summary(run: Path, preset: str | None) -> None:
 
     rows = [("run", str(run))]
     if preset is not None:
-        rows.append(("config", preset))
+        reason = (metrics.get("config") or {}).get("reason")
+        rows.append(("config", preset + (f" ({reason})" if reason else "")))
     if proto:
         w, h = proto.get("resolution", ["?", "?"])
         rows.append(("protocol", f"{proto.get('name')}: {proto.get('views')} train / {len(proto.get('test', []))} test "
                                  f"views at {w}x{h}{'' if proto.get('posed', True) else ', poses recovered by SfM'}"))
+    rows += _working_size_rows(metrics)
     if test:
         parts = [f"{k.upper()} {fmt(test.get(k))}" for k in ("psnr", "ssim", "lpips")]
         parts += [f"{k} {fmt(test[k])}" for k in ("psnr_masked", "ssim_masked", "lpips_masked") if k in test]
@@ -226,3 +229,18 @@ def _print_summary(run: Path, preset: str | None) -> None:
     print("-" * 24 + " recon fit: done " + "-" * 24)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _working_size_rows(metrics: dict) -> list[tuple[str, str]]:
+    """What the fit worked at and for how long, and why (metrics.json's ``data`` and ``config``)."""
+    rows = []
+    size = (metrics.get("data") or {}).get("resolution")
+    if size:
+        (w0, h0), (w, h) = size["loaded"], size["working"]
+        undistorted = metrics["data"].get("undistorted_views") or 0
+        rows.append(("resolution", f"{w0}x{h0} loaded -> fitted at {w}x{h} ({size['why']})"
+                                   + (f"; {undistorted} views undistorted on load" if undistorted else "")))
+    config = metrics.get("config") or {}
+    if config.get("iterations"):
+        rows.append(("budget", f"{config['iterations']} iterations, at most {config['max_gaussians']:,} Gaussians"))
+    return rows

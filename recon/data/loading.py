@@ -40,10 +40,28 @@ def load_with_options(spec: str | Path, opts: LoaderOptions) -> Scene:
     from recon.data.common import resize_view
 
     scene = load_scene(str(spec), format=opts.format, **opts.options)
+    v0 = scene.views[0]
+    loaded = [v0.width, v0.height]
     if opts.max_side > 0:
-        v0 = scene.views[0]
         s = opts.max_side / max(v0.width, v0.height)
         if s < 1:
             w, h = max(1, round(v0.width * s)), max(1, round(v0.height * s))
             scene = replace(scene, views=tuple(resize_view(v, w, h) for v in scene.views))
-    return scene
+    working = [scene.views[0].width, scene.views[0].height]
+    return replace(scene, meta={**scene.meta, "resolution": resolution_record(loaded, working, opts)})
+
+
+def resolution_record(loaded: list[int], working: list[int], opts: LoaderOptions) -> dict:
+    """metrics.json's ``data.resolution``: the size the loader produced (the capture's own size,
+    unless a loader option such as ``width`` or ``downscale`` already resized it), the size the
+    fit works at, and which setting decided it."""
+    if working != loaded:
+        why = f"longer side capped at data.max_side={opts.max_side}, aspect kept"
+    elif opts.max_side > 0:
+        why = f"within data.max_side={opts.max_side}, kept"
+    else:
+        why = "data.max_side=0, kept"
+    if opts.options.get("width") or opts.options.get("downscale", 1.0) != 1.0:
+        sized = {k: opts.options[k] for k in ("width", "downscale") if k in opts.options}
+        why = f"loaded with {sized}; " + why
+    return {"loaded": loaded, "working": working, "max_side": opts.max_side, "why": why}

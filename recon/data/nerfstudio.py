@@ -25,6 +25,7 @@ from .common import (
     finish_scene,
     make_camera,
     read_gray,
+    read_image,
     read_many,
     require_dir,
 )
@@ -52,6 +53,10 @@ def _intrinsics(frame: dict, top: dict, w: int, h: int, where: str) -> tuple[np.
     file_w, file_h = get("w"), get("h")
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     if file_w and file_h and (int(file_w), int(file_h)) != (w, h):  # images downscaled after capture
+        if abs((w / float(file_w)) / (h / float(file_h)) - 1) > 0.02:  # not a downscale: K cannot follow
+            raise SceneError(f"{where}: the image is {w}x{h} but the transforms give w={file_w} h={file_h}, another "
+                             f"shape (a rotated photo? EXIF orientation is not applied on load); rotate the image "
+                             f"files to the size the transforms describe")
         K[0] *= w / float(file_w)
         K[1] *= h / float(file_h)
     dist = np.array([float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2", "k3")])  # OpenCV order
@@ -77,11 +82,17 @@ def load_nerfstudio(
             raise SceneError(f"{meta_path} frame {k}: image {frame['file_path']} does not exist; fix file_path or remove the frame")
         paths.append(path)
         c2ws.append(np.asarray(frame["transform_matrix"], dtype=np.float64))
-    arrays = read_many(paths, desc="reading images")
-    w, h = check_same_size(arrays, paths)
-    views, maps, undistorted = [], {}, 0
-    for k, (frame, path, arr, c2w) in enumerate(zip(frames, paths, arrays, c2ws)):
+    maps: dict = {}  # remap tables shared by frames with one camera
+
+    def read_frame(k: int) -> tuple[View, bool]:
+        """Frame k read, checked and (with ``undistort``) undistorted in one go, on a reader
+        thread, so only one full-size copy of each photograph is alive at a time.
+        -> (view, whether it was undistorted)."""
+        frame, path = frames[k], paths[k]
         where = f"{meta_path} frame {k} ({path.name})"
+        arr = read_image(path)
+        h, w = arr.shape[:2]
+        c2w = c2ws[k]
         if c2w.shape not in ((4, 4), (3, 4)):
             raise SceneError(f"{where}: transform_matrix has shape {list(c2w.shape)}, expected 4x4")
         T = c2w_opengl_to_w2c_opencv(c2w)
@@ -99,9 +110,13 @@ def load_nerfstudio(
         view = View(name=path.stem, image=torch.from_numpy(arr), camera=make_camera(K, T, w, h, dist[:4]), mask=mask,
                     depth=depth, path=path)
         if undistort and np.any(dist != 0):
-            view = undistort_view(view, dist, maps)
-            undistorted += 1
-        views.append(view)
+            return undistort_view(view, dist, maps), True
+        return view, False
+
+    read = read_many(list(range(len(frames))), reader=read_frame, desc="reading images")
+    views = [view for view, _ in read]
+    check_same_size([v.image for v in views], paths)
+    undistorted = sum(done for _, done in read)
     meta = {"transforms": transforms, "undistorted_views": undistorted}
     return finish_scene(views, format="nerfstudio", root=root, normalise=normalise, downscale=downscale, width=width,
                         meta=meta)

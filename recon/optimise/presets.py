@@ -33,6 +33,10 @@ class PresetChoice:
     def message(self) -> str:
         return f"config: {self.name} ({self.reason}; pass --config NAME to choose another)"
 
+    def record(self) -> dict:
+        """metrics.json's ``config.preset``/``reason`` (recon.pipeline.fit_scene(preset=...))."""
+        return {"name": self.name, "reason": f"picked for this scene: {self.reason}"}
+
 
 def choose_preset(scene_spec: str, *, format: str | None = None, protocol: str | None = None,
                   views: int | None = None) -> PresetChoice:
@@ -55,7 +59,8 @@ def choose_preset(scene_spec: str, *, format: str | None = None, protocol: str |
         name = next((p for most, p in SPARE_PRESETS if n <= most), SPARE_PRESETS[-1][1])
         return PresetChoice(name, format, protocol, f"{format} scene, SpaRe protocol, {n} views")
     return PresetChoice(GENERIC_PRESET, format, protocol,
-                        f"{format} scene, {protocol} protocol: generic capture settings")
+                        f"{format} scene, {protocol} protocol: a custom capture, at the CPU working size "
+                        f"and budget of configs/generic.yaml")
 
 
 def usual_protocol(root: Path, format: str) -> str:
