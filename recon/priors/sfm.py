@@ -163,25 +163,6 @@ class SfMSettings:
     # centres, focal 633 px vs 428). Measured on real scenes whose SfM is right: <= 40%.
     max_rotation_only_share: float = 0.7
     verification_max_error_px: float = 4.0  # COLMAP's two-view RANSAC threshold (its default)
-    init_max_error_px: float = 4.0  # the mapper's initial-pair RANSAC threshold (COLMAP's default)
-    # Rotation-dominated route, tried where the guard fires instead of refusing outright: the
-    # focal is fixed at the rotation-only fit's (the matches a rotation explains determine it
-    # well: leaves 412 px vs the dataset's 428), so bundle adjustment cannot trade the small
-    # parallax against focal; the initial pair is estimated at a tight threshold, and the
-    # triangulation-angle floors drop to what distant scenes have (leaves: 0.5-1.6 degrees by
-    # the dataset's poses). The model must still pass every check, and its pairwise
-    # translation directions must agree with an independent fixed-focal essential matrix per pair.
-    rotation_route: bool = True
-    rotation_route_min_parallax_matches: int = 30  # verified matches a rotation does NOT explain (one pair at least)
-    rotation_route_init_max_error_px: float = 1.0
-    rotation_route_init_min_tri_angle_deg: float = 0.25
-    rotation_route_min_tri_angle_deg: float = 0.1
-    # model vs per-pair essential matrix (MAGSAC, all verified matches), translation direction: leaves 3 views
-    # 4-14 degrees apart (the model 4-12 from the dataset's); a mirrored or swung pair is far beyond
-    rotation_route_max_direction_deg: float = 30.0
-    # parallax-weighted share of pairs that must agree: leaves 5 views, a model 2-11% off in centre: 84%;
-    # one 23% off: 55% (3 views: 100%)
-    rotation_route_min_direction_agreement: float = 0.75
     seed: int = 0
     num_threads: int = 1
 
@@ -215,7 +196,6 @@ class SfMModel:
     # each keypoint's triangulated point (-1 for none), for 2D-3D matching of new images
     descriptors: list[np.ndarray] = field(repr=False, default_factory=list)
     keypoint_points: list[np.ndarray] = field(repr=False, default_factory=list)
-    fallback: str | None = None  # a route other than the plain mapper ran (named in metrics.json)
 
     def record(self) -> dict:
         """What metrics.json says about the recovery."""
@@ -223,7 +203,7 @@ class SfMModel:
                 "attempts": self.attempts, "num_points": int(self.points.shape[0]),
                 "mean_reprojection_px": round(self.mean_reprojection_px, 3),
                 "focal_px": round(float(self.views[0].camera.K[0, 0]), 2), "per_view": self.per_view,
-                "rotation_only_share": rotation_only_share(self.pairs, self.settings), "fallback": self.fallback,
+                "rotation_only_share": rotation_only_share(self.pairs, self.settings),
                 "pairs": [vars(p) for p in self.pairs]}
 
 
@@ -338,160 +318,27 @@ def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings:
     db_path, pairs, ids = _verified_pairs(views, names, tmp, settings)
     undetermined = _rotation_only_problem(views, pairs, settings)
     if undetermined:
-        return _rotation_dominated(db_path, views, names, pairs, ids, tmp, settings, undetermined)
-    model, problems = _mapper_attempts(db_path, views, names, pairs, ids, tmp, settings)
-    if model is not None:
-        return model
-    raise ReconError(
-        f"structure-from-motion of the {len(views)} training views failed: " + "; ".join(problems)
-        + ". Add views with more overlap, or use a learned pointmap model (--stereo-model PATH) which needs no "
-        "feature tracks")
-
-
-def _mapper_attempts(db_path: Path, views, names, pairs: list[PairStat], ids: dict[str, int], tmp: Path,
-                     settings: SfMSettings, extra_check=None, label_prefix: str = "", parallax_first: bool = False
-                     ) -> tuple[SfMModel | None, list[str]]:
-    """The incremental mapper, automatic initial pair first, then the best-verified pairs
-    forced (``parallax_first``: the pairs with most matches a rotation does not explain
-    first, the automatic choice last) -> (the first model passing ``_check`` and
-    ``extra_check(model)`` or None, the problems of the attempt with the fewest)."""
-    eligible = [p for p in pairs if p.inliers >= settings.init_min_inliers]
-    if parallax_first:
-        ranked = sorted(eligible, key=lambda p: -(p.inliers - p.rotation_only))[: settings.max_init_pairs]
-        order = [*ranked, None]
-    else:
-        order = [None, *sorted(eligible, key=lambda p: -p.inliers)[: settings.max_init_pairs]]
+        raise ReconError(undetermined)
+    candidates = sorted((p for p in pairs if p.inliers >= settings.init_min_inliers), key=lambda p: -p.inliers)
     by_name = {v.name: n for v, n in zip(views, names)}
     attempts: list[str] = []
     best = None
-    for init in order:
-        label = label_prefix + ("incremental mapper" if init is None else
-                                f"incremental mapper from pair ({init.first}, {init.second})")
+    for init in [None, *candidates[: settings.max_init_pairs]]:
+        label = "incremental mapper" if init is None else f"incremental mapper from pair ({init.first}, {init.second})"
         init_ids = None if init is None else (ids[by_name[init.first]], ids[by_name[init.second]])
-        out = tmp / f"sparse{len(list(tmp.glob('sparse*')))}"
+        out = tmp / f"sparse{len(attempts)}"
         out.mkdir()
         model = _map(db_path, tmp / "images", out, settings, init_ids)
         problems = _check(model, views, names, pairs, settings)
-        if not problems and extra_check is not None:
-            problems = extra_check(model)
         attempts.append(label + (": accepted" if not problems else ": rejected (" + "; ".join(problems) + ")"))
         if not problems:
-            return _model(model, views, names, db_path, label, attempts, pairs, settings), []
-        if best is None or len(problems) < len(best):
-            best = problems
-    return None, best
-
-
-def _rotation_dominated(db_path: Path, views, names, pairs: list[PairStat], ids: dict[str, int], tmp: Path,
-                        settings: SfMSettings, why: str) -> SfMModel:
-    """Views whose matches a rotation mostly explains (the guard fired, ``why``): map them
-    with the focal fixed at the rotation-only fit's and tight initial-pair geometry
-    (``SfMSettings.rotation_route*``), accept only a model that passes every check and whose
-    pairwise translation directions agree with per-pair essential matrices; else refuse."""
-    def refuse(reason: str) -> ReconError:
-        return ReconError(f"{why}. {reason}. {ROTATION_ADVICE}")
-
-    if not settings.rotation_route:
-        raise refuse("The rotation-dominated route is disabled (rotation_route=False)")
-    used = [p for p in pairs if p.inliers >= settings.min_pair_inliers and p.rotation_focal_px is not None]
-    parallax = max((p.inliers - p.rotation_only for p in used), default=0)
-    if len({(v.width, v.height) for v in views}) != 1:
-        raise refuse("The views differ in size, so they share no focal to fix")
-    if parallax < settings.rotation_route_min_parallax_matches:
-        raise refuse(f"No pair has {settings.rotation_route_min_parallax_matches} verified matches a rotation does not "
-                     f"explain (the most: {parallax}), so no reconstruction was tried")
-    focal = float(np.median([p.rotation_focal_px for p in used]))
-    _set_focal(db_path, focal)
-    route = replace(settings, refine_focal=False, init_max_error_px=settings.rotation_route_init_max_error_px,
-                    init_min_tri_angle_deg=settings.rotation_route_init_min_tri_angle_deg,
-                    min_tri_angle_deg=settings.rotation_route_min_tri_angle_deg)
-    model, problems = _mapper_attempts(
-        db_path, views, names, pairs, ids, tmp, route,
-        extra_check=lambda m: _direction_problems(m, db_path, views, names, ids, pairs, focal, route),
-        label_prefix=f"rotation-dominated route (focal fixed at {focal:.1f} px from the rotation-only fit): ",
-        parallax_first=True)
-    if model is None:
-        raise refuse(f"A reconstruction with the focal fixed at the rotation's {focal:.0f} px was tried and rejected: "
-                     + "; ".join(problems))
-    model.fallback = (f"rotation-dominated views (a rotation alone explains {100 * rotation_only_share(pairs, settings):.0f}% "
-                      f"of the verified matches): focal fixed at {focal:.1f} px from the rotation-only fit, initial pair "
-                      f"at {route.init_max_error_px:g} px, triangulation-angle floors {route.init_min_tri_angle_deg:g} / "
-                      f"{route.min_tri_angle_deg:g} degrees")
-    return model
-
-
-def _set_focal(db_path: Path, focal: float) -> None:
-    import pycolmap
-
-    db = pycolmap.Database.open(db_path)
-    try:
-        for cam in db.read_all_cameras():
-            params = list(cam.params)
-            params[0] = focal  # SIMPLE_PINHOLE / SIMPLE_RADIAL: f, cx, cy[, k]
-            cam.params = params
-            db.update_camera(cam)
-    finally:
-        db.close()
-
-
-def _direction_problems(model, db_path: Path, views, names, ids: dict[str, int], pairs: list[PairStat], focal: float,
-                        settings: SfMSettings) -> list[str]:
-    """Whether the translation directions in ``model`` agree with what each pair says alone:
-    its essential matrix at the fixed focal (OpenCV MAGSAC on its verified matches,
-    cheirality-resolved; plain RANSAC picks wrong translations on leaves, where most matches
-    fit any translation). A pair agrees within ``rotation_route_max_direction_deg``; pairs
-    weigh by their matches a rotation does not explain (what fixes a translation), and the
-    agreeing weight must reach ``rotation_route_min_direction_agreement``: one pair's own
-    estimate can be off (leaves, two neighbours with 26 such matches: 154 degrees from the
-    dataset's), a mirrored or swung model disagrees with most."""
-    import cv2
-    import pycolmap
-
-    by_name = {im.name: im for im in model.images.values()}
-    cam = next(iter(model.cameras.values()))
-    K = np.array([[focal, 0, cam.params[1]], [0, focal, cam.params[2]], [0, 0, 1]])
-    cv2.setRNGSeed(settings.seed)
-    db = pycolmap.Database.open(db_path)
-    parallax = {(p.first, p.second): p.inliers - p.rotation_only for p in pairs}
-    view_name = {n: v.name for v, n in zip(views, names)}
-    disagree, agree_weight, total_weight = [], 0.0, 0.0
-    try:
-        kp = {n: np.asarray(db.read_keypoints(ids[n]))[:, :2].astype(np.float64) for n in names}
-        for a, b in itertools.combinations(names, 2):
-            if not db.exists_two_view_geometry(ids[a], ids[b]):
-                continue
-            m = np.asarray(db.read_two_view_geometry(ids[a], ids[b]).inlier_matches).reshape(-1, 2)
-            if len(m) < settings.init_min_inliers:
-                continue
-            x1, x2 = kp[a][m[:, 0]], kp[b][m[:, 1]]
-            E, mask = cv2.findEssentialMat(x1, x2, K, method=cv2.USAC_MAGSAC, prob=0.9999,
-                                           threshold=settings.init_max_error_px, maxIters=10000)
-            if E is None or int(mask.sum()) < settings.init_min_inliers:
-                continue
-            _, _, t_pair, _ = cv2.recoverPose(E[:3], x1, x2, K, mask=mask.copy())
-            T1 = by_name[a].cam_from_world() if callable(by_name[a].cam_from_world) else by_name[a].cam_from_world
-            T2 = by_name[b].cam_from_world() if callable(by_name[b].cam_from_world) else by_name[b].cam_from_world
-            rel = T2 * T1.inverse()
-            t_model = np.asarray(rel.translation, dtype=np.float64)
-            cos = float(t_pair.ravel() @ t_model) / (np.linalg.norm(t_pair) * np.linalg.norm(t_model) + 1e-12)
-            angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-            first, second = view_name[a], view_name[b]
-            weight = float(max(1, parallax.get((first, second), 1)))
-            total_weight += weight
-            if angle <= settings.rotation_route_max_direction_deg:
-                agree_weight += weight
-            else:
-                disagree.append(f"({first}, {second}): {angle:.0f} degrees")
-    finally:
-        db.close()
-    if total_weight == 0:
-        return ["no pair has enough essential-matrix inliers to check the translation directions"]
-    share = agree_weight / total_weight
-    if share >= settings.rotation_route_min_direction_agreement:
-        return []
-    return [f"its translation directions agree with the pairs' own essential matrices (within "
-            f"{settings.rotation_route_max_direction_deg:g} degrees) for only {100 * share:.0f}% of the parallax-weighted "
-            f"pairs (need {100 * settings.rotation_route_min_direction_agreement:.0f}%); disagreeing: " + ", ".join(disagree)]
+            return _model(model, views, names, db_path, label, attempts, pairs, settings)
+        if best is None or len(problems) < len(best[1]):
+            best = (label, problems)
+    raise ReconError(
+        f"structure-from-motion of the {len(views)} training views failed: " + "; ".join(best[1])
+        + ". Add views with more overlap, or use a learned pointmap model (--stereo-model PATH) which needs no "
+        "feature tracks")
 
 
 def _pair_stats(db_path: Path, views, names, settings: SfMSettings) -> tuple[list[PairStat], dict[str, int]]:
@@ -523,19 +370,11 @@ def _pair_stats(db_path: Path, views, names, settings: SfMSettings) -> tuple[lis
 
 def rotation_only_matches(x1: np.ndarray, x2: np.ndarray, size1: tuple[int, int], size2: tuple[int, int],
                           max_error_px: float) -> tuple[float, int]:
-    """How well a pure camera rotation explains matched pixels x1 [P, 2] -> x2 [P, 2]:
-    (focal, number of matches within ``max_error_px``); see :func:`rotation_fit`."""
-    focal, residuals = rotation_fit(x1, x2, size1, size2, max_error_px)
-    return focal, int((residuals < max_error_px).sum())
-
-
-def rotation_fit(x1: np.ndarray, x2: np.ndarray, size1: tuple[int, int], size2: tuple[int, int],
-                 max_error_px: float) -> tuple[float, np.ndarray]:
     """How well a pure camera rotation explains matched pixels x1 [P, 2] -> x2 [P, 2]
     (pixel centres at +0.5): the best x2 ~ K2 R K1^-1 x1 over the rotation R and one
-    focal f shared by K1 and K2 (principal points at the image centres) -> (f, per-match
-    residual [P] in pixels). The focal is searched on a grid (the rotation of each by Kabsch
-    on the rays, costs capped at ``max_error_px``) and refined with R by robust least squares."""
+    focal f shared by K1 and K2 (principal points at the image centres). Returns (f,
+    number of matches within ``max_error_px``). The focal is searched on a grid (the
+    rotation of each by Kabsch on the rays) and refined with R by robust least squares."""
     from scipy.optimize import least_squares
     from scipy.spatial.transform import Rotation
 
@@ -561,7 +400,7 @@ def rotation_fit(x1: np.ndarray, x2: np.ndarray, size1: tuple[int, int], size2: 
         if best is None or cost < best[0]:
             best = (cost, p)
     sol = least_squares(residuals, best[1], loss="soft_l1", f_scale=max_error_px / 4)
-    return float(np.exp(sol.x[0])), residuals(sol.x)
+    return float(np.exp(sol.x[0])), int((residuals(sol.x) < max_error_px).sum())
 
 
 def rotation_only_share(pairs: list[PairStat], settings: SfMSettings) -> float | None:
@@ -594,11 +433,8 @@ def _rotation_only_problem(views, pairs: list[PairStat], settings: SfMSettings) 
             f"rotation alone (no change of position, focal ~{focal:.0f} px) explains {100 * share:.0f}% of the verified "
             f"matches within {settings.verification_max_error_px:g} px, so the scene is too distant or flat for these "
             "viewpoints and a reconstruction would place the cameras wrongly (typically mirrored, depth-reversed). "
-            "Matches a rotation explains: " + "; ".join(parts))
-
-
-ROTATION_ADVICE = ("Add views taken from positions further apart (step sideways between shots), or use a learned "
-                   "pointmap model (--stereo-model PATH)")
+            "Matches a rotation explains: " + "; ".join(parts) + ". Add views taken from positions further apart "
+            "(step sideways between shots), or use a learned pointmap model (--stereo-model PATH)")
 
 
 def _map(db_path: Path, image_dir: Path, out: Path, settings: SfMSettings, init_ids):
@@ -612,7 +448,6 @@ def _map(db_path: Path, image_dir: Path, out: Path, settings: SfMSettings, init_
     options.ba_refine_focal_length = settings.refine_focal
     options.mapper.abs_pose_refine_focal_length = settings.refine_focal
     options.mapper.init_min_num_inliers = settings.init_min_inliers
-    options.mapper.init_max_error = settings.init_max_error_px
     options.mapper.init_min_tri_angle = settings.init_min_tri_angle_deg
     options.mapper.abs_pose_min_num_inliers = settings.abs_pose_min_inliers
     options.mapper.filter_min_tri_angle = settings.min_tri_angle_deg
