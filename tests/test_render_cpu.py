@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from conftest import require_extension
 from test_render_helpers import cameras, random_gaussians
 
-from recon.errors import ReconError
 from recon.render import _ext, _reference, render
 from recon.types import Camera, Gaussians, RenderSettings
 
-try:
-    _ext.load()
-except ReconError as err:  # pragma: no cover - depends on the machine
-    # A user's clone without a compiler skips; under CI=true a broken build is a failure.
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"rasteriser extension unavailable: {err}; CI=true requires it to build", pytrace=False)
-    pytest.skip(f"rasteriser extension unavailable: {err}", allow_module_level=True)
+require_extension()
 
 
 def _render(g, cams, backend, **kw):

@@ -15,20 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_scene
+from conftest import require_extension, shared_scene
 from PIL import Image
 
-from recon.errors import ReconError
 from recon.optimise import _fused_ssim, losses
 from recon.render import _ext
 
-try:
-    _ext.load()
-except ReconError as err:  # pragma: no cover - depends on the machine
-    # A user's clone without a compiler skips; under CI=true a broken build is a failure.
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"rasteriser extension unavailable: {err}; CI=true requires it to build", pytrace=False)
-    pytest.skip(f"rasteriser extension unavailable: {err}", allow_module_level=True)
+require_extension()
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -82,20 +82,13 @@ def test_fit_metrics_carry_a_time_breakdown_that_adds_up(tmp_path):
 
 
 def test_the_compiled_rasterisers_backward_is_its_own_stage():
-    import os
-
+    from conftest import require_extension
     from test_render_helpers import cameras, random_gaussians
 
-    from recon.errors import ReconError
-    from recon.render import _ext, render
+    from recon.render import render
     from recon.types import RenderSettings
 
-    try:
-        _ext.load()
-    except ReconError as err:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"rasteriser extension unavailable: {err}; CI=true requires it to build", pytrace=False)
-        pytest.skip(f"rasteriser extension unavailable: {err}")
+    require_extension()
     g = random_gaussians(200, seed=0)  # leaves that require grad
     with timing.recording() as times:
         out = render(g, cameras(48, 36, n=1), RenderSettings(sh_degree=g.sh_degree, backend="cpu"))
