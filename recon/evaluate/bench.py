@@ -30,6 +30,7 @@ from recon.evaluate.protocols import (
     BASELINE_PRESET,
     DEFAULT_METHODS,
     DEFAULT_SEEDS,
+    METHOD_MAX_SEEDS,
     METHODS,
     UNPOSED_METHOD,
     Suite,
@@ -274,7 +275,8 @@ def run_bench(
         from recon.pipeline import fit_scene as fit_fn
     config = suite_config(spec, config)
     out = Path(out_dir)
-    todo = [(n, p, m, s) for n, p in found for m in methods for s in seed_list]
+    seeds_of = {m: seed_list[: METHOD_MAX_SEEDS.get(m, len(seed_list))] for m in methods}
+    todo = [(n, p, m, s) for n, p in found for m in methods for s in seeds_of[m]]
     cells, not_run = [], []
     with _lpips_env(lpips_weights), _progress(progress and not report_only, len(todo), spec.name) as advance:
         for name, path, method, seed in todo:
@@ -301,13 +303,15 @@ def run_bench(
             advance(f"{name}/{method}/seed{seed}: {cells[-1]['status']}")
     protocol = {**spec.describe(), "iterations": iterations or "config default", "config": config or "defaults (recon/optimise/config.py)",
                 "overrides": list(overrides), "data_root": str(root), "seeds": seed_list,
+                "seeds_per_method": {m: s for m, s in seeds_of.items() if s != seed_list},
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "test_pose_refined": False,
                 "cells_not_run": not_run,
                 # what the fits actually ran at (a --set data.width=... changes the suite's resolution)
                 "evaluated_resolution": sorted({"x".join(map(str, c["resolution"])) for c in cells if c.get("resolution")}),
                 "methods": {m: METHODS[m] for m in methods},
-                "aggregation": f"mean ± sample std over the seeds {seed_list} (never best-of)"}
+                "aggregation": f"mean ± sample std over the seeds {seed_list} (never best-of)"
+                               + "".join(f"; {m}: seeds {s} only" for m, s in seeds_of.items() if s != seed_list)}
     if not cells:
         raise ReconError(f"no finished cell of suite {spec.name} in {out} to report (drop --report-only to fit them)")
     extra = _spare_submission(spec, root, out, cells, lpips_weights) if spec.discover and not report_only else {}

@@ -198,7 +198,8 @@ def _csv_num(v) -> str:
 def markdown(rows: list[dict], protocol: dict, keys: list[str], style: str | None, cells: list[dict]) -> str:
     lines = [f"# Benchmark: {protocol.get('name', '?')}", "", "## Protocol", ""]
     for k in ("protocol", "train_views", "test_views", "train_ids", "test_ids", "resolution", "evaluated_resolution",
-              "masks", "metric_style", "headline_metrics", "iterations", "config", "overrides", "seeds", "aggregation",
+              "masks", "metric_style", "headline_metrics", "iterations", "config", "overrides", "seeds", "seeds_per_method",
+              "aggregation",
               "methods", "notes", "data_root", "device", "test_pose_refined", "cells_not_run"):
         if protocol.get(k) not in (None, "", ()):
             lines.append(f"- **{k}**: {protocol[k]}")
