@@ -333,7 +333,8 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     metrics["fallbacks"] = fallbacks
     # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).
     metrics["data"] = {"format": scene.format, "resolution": scene.meta.get("resolution"),
-                       "undistorted_views": scene.meta.get("undistorted_views", 0)}
+                       "undistorted_views": scene.meta.get("undistorted_views", 0),
+                       **({"exif_orientation": scene.meta["exif_orientation"]} if "exif_orientation" in scene.meta else {})}
     metrics["config"] = {"preset": (preset or {}).get("name"), "reason": (preset or {}).get("reason"),
                          "iterations": cfg.optim.iterations, "max_gaussians": cfg.densify.max_gaussians,
                          "resolution_schedule": [list(e) for e in cfg.optim.resolution_schedule]}

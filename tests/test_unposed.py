@@ -373,15 +373,38 @@ def test_leaves_three_views_fail_with_a_clear_error_naming_the_view(n_views):
 # ---- intrinsics of a plain folder ------------------------------------------------------
 
 
-def _photo(path, exif_tags: dict | None, size=(120, 90)):
+def _photo(path, exif_tags: dict | None, size=(120, 90), orientation: int | None = None):
     import numpy as np
     from PIL import Image
 
-    im = Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype("uint8"))
+    pixels = np.random.default_rng(0).random((size[1], size[0], 3)) * 255
+    pixels[:10, :10] = 0  # a black top-left corner shows where the stored image's origin went
+    im = Image.fromarray(pixels.astype("uint8"))
     exif = Image.Exif()
     for tag, value in (exif_tags or {}).items():
         exif.get_ifd(0x8769)[tag] = value
-    im.save(path, exif=exif)
+    if orientation is not None:
+        exif[0x0112] = orientation
+    im.save(path, exif=exif, quality=95)
+
+
+def test_plain_folder_photos_are_turned_upright_by_their_exif_orientation(tmp_path):
+    """A phone stores a portrait shot as landscape pixels with Orientation 6 (rotate 90 deg
+    clockwise to view). Fitted as stored, it would not match the upright portrait photos of the
+    same scene (mixed resolutions) and the renders would be sideways."""
+    from recon.data import load_scene
+
+    _photo(tmp_path / "a.jpg", {0xA405: 26}, size=(90, 120))  # stored upright, portrait
+    _photo(tmp_path / "b.jpg", {0xA405: 26}, size=(120, 90), orientation=6)  # stored sideways
+    scene = load_scene(tmp_path)
+    assert [tuple(v.image.shape[:2]) for v in scene.views] == [(120, 90), (120, 90)]
+    rotated = scene.views[1].image
+    # rotated 90 deg clockwise: the stored top-left corner is now the top-right one
+    assert float(rotated[:8, -8:].mean()) < 0.05 < float(rotated[:8, :8].mean())
+    assert scene.meta["exif_orientation"] == "applied to 1 of 2 images (b.jpg)"
+    # the focal from the 35 mm equivalent is the same for both orientations (long side)
+    expected = 26 / math.hypot(36, 24) * math.hypot(120, 90)
+    assert float(scene.views[0].camera.K[0, 0]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_plain_folder_focal_from_exif_else_the_guess(tmp_path):
@@ -401,6 +424,7 @@ def test_plain_folder_focal_from_exif_else_the_guess(tmp_path):
     (tmp_path / "mixed").mkdir()
     _photo(tmp_path / "mixed" / "a.jpg", {0xA405: 26})
     _photo(tmp_path / "mixed" / "b.jpg", None)
+    assert load_scene(tmp_path / "mixed").meta["exif_orientation"] == "applied to 0 of 2 images"
     mixed = load_scene(tmp_path / "mixed", width=60)
     assert mixed.meta["intrinsics"].startswith("guess") and "1 of 2 with EXIF" in mixed.meta["intrinsics"]
     assert float(mixed.views[0].camera.K[0, 0]) == pytest.approx(1.2 * 60, rel=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from recon.errors import SceneError
 from recon.geometry import axes_meeting_point, is_rotation
@@ -46,11 +46,15 @@ def list_images(folder: Path) -> list[Path]:
     return paths
 
 
-def read_image(path: Path, keep_alpha: bool = False) -> np.ndarray:
-    """[H, W, 3] (or [H, W, 4] with ``keep_alpha``) float32 in [0, 1]."""
+def read_image(path: Path, keep_alpha: bool = False, exif_orientation: bool = False) -> np.ndarray:
+    """[H, W, 3] (or [H, W, 4] with ``keep_alpha``) float32 in [0, 1]. ``exif_orientation``:
+    turn the pixels upright as the EXIF Orientation tag says (what a photo viewer shows). Only
+    for photos without poses: a pose file was computed on the pixels as stored."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now so a truncated file fails here, with its name
+            if exif_orientation:
+                im = ImageOps.exif_transpose(im)
             mode = "RGBA" if keep_alpha else "RGB"  # PIL adds an opaque alpha when none
             if im.mode in ("I;16", "I;16B", "I"):  # 16-bit greyscale: keep the precision
                 arr = np.asarray(im, dtype=np.float32) / 65535.0
