@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 
 def register(subparsers) -> None:
@@ -34,11 +33,9 @@ def register(subparsers) -> None:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.4f}"
-    return str(v)
+    from recon.evaluate.metrics import format_metric  # not at import: `recon --help` stays torch-free
+
+    return format_metric(v, missing="null")
 
 
 def run(args: argparse.Namespace) -> int:

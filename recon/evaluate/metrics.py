@@ -23,6 +23,7 @@ Metric styles (``style=``), chosen by the split protocol (``metric_style_for``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -90,6 +91,18 @@ HEADLINE = {
 
 # A scorer maps (pred [H, W, 3], gt [H, W, 3]) in [0, 1] to a distance (see recon.evaluate.lpips).
 LpipsScorer = Callable[[Tensor, Tensor], float]
+
+
+def format_metric(value, missing: str = "n/a") -> str:
+    """One metric value as text for people (terminal and report.html): 4 decimals, and
+    "inf" (a pixel-perfect view's PSNR), "nan" or ``missing`` (not computed) spelled out."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
 
 
 def metric_style_for(protocol: str | None) -> str | None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.evaluate.metrics import format_metric
+
 MAX_GALLERY_VIEWS = 12  # test views shown as images (all of them are in the metrics table)
 ERROR_MAX = 0.25  # the error map's colour scale: mean absolute RGB error 0 .. ERROR_MAX
 _METRIC_KEYS = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "lpips_masked")
@@ -117,11 +119,7 @@ def _summary_section(run: Path, m: dict) -> str:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
+    return format_metric(v, missing="n/a")
 
 
 def _metrics_section(m: dict) -> str:
