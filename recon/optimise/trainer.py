@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
@@ -192,10 +193,12 @@ class Trainer:
         return replace(g, opacity_logits=sparse_view.drop_gaussians(g.opacity_logits, r.dropout_rate, self.generator))
 
     def _binocular_loss(self, it: int, settings: RenderSettings, g: Gaussians, cam: Camera, depth: Tensor,
-                        gt: Tensor) -> Tensor | None:
+                        gt: Tensor, view: int, factor: float) -> Tensor | None:
         c = self.cfg.binocular
         if not (c.enabled and it >= c.start and it % c.every == 0):
             return None
+        if c.downscale > 1:
+            cam, depth, gt = self._binocular_level(settings, cam, depth, view, factor * c.downscale)
         valid = depth.detach() > 0
         if int(valid.sum()) < 16:
             return None
@@ -205,6 +208,18 @@ class Trainer:
         with stage("render_forward"):
             shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb.squeeze(0)
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
+
+    def _binocular_level(self, settings: RenderSettings, cam: Camera, depth: Tensor, view: int,
+                         factor: float) -> tuple[Camera, Tensor, Tensor]:
+        """The binocular term's camera, source depth [h, w] and target [h, w, 3] at the pyramid level
+        ``factor``: depth area-averaged (differentiable), 0 where any pixel under it had none."""
+        (w, h), images, _ = self.pyramid.level(factor)
+        gt = images[view]
+        if self.cfg.optim.random_background:  # the same composite as the training target, at this level
+            gt = torch.where(self.pyramid.level_masks(factor)[view][..., None], gt, gt.new_tensor(settings.background))
+        small = F.adaptive_avg_pool2d(depth[None, None], (h, w))[0, 0]  # [h, w]
+        covered = F.adaptive_avg_pool2d((depth.detach() > 0).to(depth.dtype)[None, None], (h, w))[0, 0] >= 1.0
+        return cam.scaled(w, h), torch.where(covered, small, torch.zeros_like(small)), gt
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
@@ -260,7 +275,7 @@ class Trainer:
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
             terms["depth"] = self._depth_terms(depth, prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
-        if (bino := self._binocular_loss(it, settings, g, cam, depth, gt)) is not None:
+        if (bino := self._binocular_loss(it, settings, g, cam, depth, gt, v, factor)) is not None:
             terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
