@@ -90,6 +90,7 @@ class Trainer:
         self.max_sh = gaussians.sh_degree
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration, self.seconds, self.history = 0, 0.0, []
+        self._last_psnr: float | None = None  # training PSNR of the latest logged step (see step())
         self.params = self._make_params(gaussians)
         self.optimizers = {k: self._adam(k) for k in self.params}
         V = len(data.cameras)
@@ -302,9 +303,15 @@ class Trainer:
         if r.enabled and r.opacity_decay < 1 and it % r.opacity_decay_every == 0 and it < r.opacity_decay_stop:
             sparse_view.decay_opacities_(self.params["opacities"], r.opacity_decay)
         record = {k: float(t.detach()) for k, t in terms.items()}
-        record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
+        if self._logged(it) or self._last_psnr is None:  # a float64 pass over the image: only when it is logged
+            self._last_psnr = losses.psnr(rgb.clamp(0, 1), gt)
+        record.update(loss=float(loss.detach()), psnr=self._last_psnr, sh_degree=sh)
         stop_losses()
         return record
+
+    def _logged(self, it: int) -> bool:
+        """Iterations whose record goes to the history (and log.jsonl): every log_every, the first and the last."""
+        return it % self.cfg.log_every == 0 or it == self.cfg.optim.iterations or it == 1
 
     def _check_loss(self, it: int, loss: Tensor, terms: dict) -> None:
         value = float(loss.detach())
@@ -340,7 +347,7 @@ class Trainer:
             self.iteration = it
             self.seconds = base_seconds + time.perf_counter() - start - paused
             n = len(self.params["means"])
-            if it % self.cfg.log_every == 0 or it == total or it == 1:
+            if self._logged(it):
                 self.history.append({"iteration": it, "seconds": self.seconds, "num_gaussians": n, **record})
             event = StepEvent(it, total, record["loss"], record["psnr"], n, record["sh_degree"],
                               self.seconds, lambda: self.gaussians().detach())
