@@ -149,3 +149,16 @@ def test_llff_fern_three_views_are_consistent_and_fast():
         ok = dm > 0
         rel = (dm[ok] - X[ok, 2]).abs() / X[ok, 2]
         assert ok.sum() > 50 and rel.median() < 0.03 and (rel < 0.05).float().mean() > 0.75, v.name
+
+
+def test_box_filter_of_many_hypotheses_is_bit_identical_to_plain_pooling():
+    """stereo._box pools [D, 1, h, w] cost slices as channels-last channels (faster on CPU):
+    the same sums in the same order as pooling each slice on its own."""
+    from recon.priors.stereo import _box
+
+    x = torch.rand(16, 1, 23, 31, generator=torch.Generator().manual_seed(0))
+    plain = F.avg_pool2d(F.avg_pool2d(x, (1, 9), stride=1, padding=(0, 4), count_include_pad=False), (9, 1),
+                         stride=1, padding=(4, 0), count_include_pad=False)
+    out = _box(x, 9)
+    assert out.shape == x.shape and out.is_contiguous() and torch.equal(out, plain)
+    assert torch.equal(_box(x[:1], 9), plain[:1])  # one slice: the plain path

@@ -125,3 +125,76 @@ def test_steps_do_not_read_uninitialised_memory():
     filled, unfilled = _cpu_steps(fill=True), _cpu_steps(fill=False)
     for key in filled:
         assert torch.equal(filled[key], unfilled[key]), key
+
+
+def _binocular_trainer(downscale: int, render_fn=None) -> Trainer:
+    cfg = load_config("default", ["render.backend=reference", "densify.enabled=false", "regularise.enabled=false",
+                                  "depth.enabled=false", "pseudo.enabled=false", "binocular.enabled=true",
+                                  "binocular.start=0", f"binocular.downscale={downscale}"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    g = random_gaussians(60, seed=1, sh_degree=0, grad=False)
+    return Trainer(cfg, g, TrainData(cameras=cams, images=images, names=["a", "b"]), render_fn=render_fn)
+
+
+def test_binocular_downscale_renders_and_compares_the_shifted_camera_at_the_coarser_level():
+    from recon.errors import ConfigError
+    from recon.render import render
+
+    for downscale, expected in ((1, [(24, 16), (24, 16)]), (2, [(24, 16), (12, 8)])):
+        sizes = []
+
+        def spy(g, cs, settings, sizes=sizes):
+            sizes.append((cs[0].width, cs[0].height))
+            return render(g, cs, settings)
+
+        record = _binocular_trainer(downscale, spy).step(1)
+        assert "binocular" in record and record["binocular"] > 0
+        assert sizes == expected  # the training render, then the shifted camera's
+    with pytest.raises(ConfigError, match="downscale"):
+        load_config("default", ["binocular.downscale=0"])
+
+
+def test_binocular_level_averages_depth_and_keeps_pixels_without_depth_out():
+    trainer = _binocular_trainer(2)
+    depth = torch.full((16, 24), 2.0, requires_grad=True)
+    with torch.no_grad():
+        depth[0, 0] = 0.0  # nothing rendered there
+        depth[4:6, 4:6] = 4.0
+    cam = trainer.train_camera(0, (24, 16))
+    small_cam, small, gt = trainer._binocular_level(trainer.render_settings(0), cam, depth, 0, 2.0)
+    assert (small_cam.width, small_cam.height) == (12, 8) and torch.allclose(small_cam.K[:2], cam.K[:2] / 2)
+    values = small.detach()
+    assert values.shape == (8, 12) and float(values[0, 0]) == 0.0  # a partly covered pixel has no depth
+    assert float(values[2, 2]) == 4.0 and float(values[3, 3]) == 2.0
+    assert torch.equal(gt, trainer.pyramid.level(2.0)[1][0])
+    small.sum().backward()  # differentiable in the training render's depth
+    assert float(depth.grad[0, 0]) == 0.0 and float(depth.grad[5, 5]) == pytest.approx(0.25)
+
+
+def test_training_psnr_is_computed_on_logged_steps_only():
+    """The per-step PSNR readout is a float64 pass over the image: only logged steps (every
+    log_every, the first, the last) compute it; the other steps' events repeat the latest."""
+    cfg = load_config("default", ["render.backend=reference", "densify.enabled=false", "depth.enabled=false",
+                                  "pseudo.enabled=false", "log_every=3", "optim.iterations=7"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    events = []
+
+    class Listener:
+        def on_start(self, event):
+            pass
+
+        def on_step(self, event):
+            events.append(event.psnr)
+
+        def on_finish(self, event):
+            pass
+
+    trainer = Trainer(cfg, random_gaussians(60, seed=1, sh_degree=0, grad=False),
+                      TrainData(cameras=cams, images=images, names=["a", "b"]), listeners=[Listener()])
+    result = trainer.run()
+    assert [h["iteration"] for h in result.history] == [1, 3, 6, 7]
+    assert [h["psnr"] for h in result.history] == [events[0], events[2], events[5], events[6]]
+    assert events[1] == events[0] and events[3] == events[4] == events[2]
+    assert len({events[0], events[2], events[5], events[6]}) == 4  # a new readout on each logged step

@@ -191,7 +191,8 @@ def _png_data_uri(image: np.ndarray) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    # zlib level 3: a 504x378 view encodes ~15x faster than optimize=True (0.08 vs 1.36 s here), ~6 % larger
+    Image.fromarray(image).save(buf, format="PNG", compress_level=3)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

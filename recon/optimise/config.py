@@ -134,6 +134,10 @@ class BinocularConfig:
     ssim_weight: float = 0.2  # D-SSIM share of the binocular loss
     start: int = 300
     every: int = 1  # one binocular term every this many steps
+    # Render the shifted camera and compare at 1/downscale of the training render's size (the
+    # rendered depth area-averaged, the target from the image pyramid): the term's render, warp
+    # and SSIM cost about 1/downscale^2 of full size. 1 = the training render's size.
+    downscale: int = 1
 
 
 @dataclass
@@ -329,5 +333,8 @@ def validate(config: FitConfig) -> None:
     sched = config.optim.resolution_schedule
     if not sched or not all(isinstance(e, (list, tuple)) and len(e) == 2 and e[1] >= 1 for e in sched):
         raise ConfigError(f"optim.resolution_schedule must be [[start_iteration, downscale >= 1], ...], got {sched!r}")
+    if config.binocular.every < 1 or config.binocular.downscale < 1:
+        raise ConfigError(f"binocular.every and binocular.downscale must be >= 1, got {config.binocular.every} "
+                          f"and {config.binocular.downscale}")
     if config.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")

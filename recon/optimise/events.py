@@ -32,7 +32,7 @@ class StepEvent:
     iteration: int  # 1-based
     total_iterations: int
     loss: float
-    psnr: float  # on the training batch
+    psnr: float  # on the training batch of the latest logged step (every log_every steps, the first and the last)
     num_gaussians: int
     sh_degree: int  # active SH degree
     seconds: float  # wall time since the fit started (excluding pauses)

@@ -109,6 +109,17 @@ def psnr(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> float:
     return float("inf") if mse <= 0.0 else -10.0 * math.log10(mse)
 
 
+def _flat_indices(mask: Tensor) -> Tensor:
+    """Flat indices [P] of the True pixels of ``mask`` [H, W], for ``_gather``."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _gather(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[mask]`` for ``idx = _flat_indices(mask)``: the same values in the same order, but one nonzero() serves
+    every image sharing the mask, and the backward is an index_add (boolean indexing's is an accumulating index_put)."""
+    return x.reshape(-1).index_select(0, idx)
+
+
 def _comparable(rendered: Tensor, prior: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """Puts rendered z-depth and a prior in the same monotone space: a "disparity" prior
     (larger = nearer, e.g. monocular models) is compared with rendered inverse depth."""
@@ -129,9 +140,10 @@ def pearson_depth_loss(
     """
     if valid is None:
         valid = (prior > 0) & (rendered.detach() > 0)
-    if int(valid.sum()) < 16:  # too few pixels for a meaningful correlation
+    idx = _flat_indices(valid)  # [P]
+    if idx.numel() < 16:  # too few pixels for a meaningful correlation
         return rendered.sum() * 0.0
-    a, b = _comparable(rendered[valid], prior[valid], kind)  # [P], [P]
+    a, b = _comparable(_gather(rendered, idx), _gather(prior, idx), kind)  # [P], [P]
     a = a - a.mean()
     b = b - b.mean()
     corr = (a * b).sum() / (a.norm() * b.norm() + 1e-8)
@@ -242,6 +254,8 @@ def metric_depth_loss(rendered: Tensor, prior: Tensor, valid: Tensor | None = No
     its full error. rendered, prior: [H, W]; valid: [H, W] bool (defaults to both > 0)."""
     if valid is None:
         valid = (prior > 0) & (rendered.detach() > 0)
-    if int(valid.sum()) == 0:
+    idx = _flat_indices(valid)  # [P]
+    if idx.numel() == 0:
         return rendered.sum() * 0.0
-    return ((rendered[valid] - prior[valid]).abs() / prior[valid].clamp_min(_MIN_DEPTH)).mean()
+    r, p = _gather(rendered, idx), _gather(prior, idx)
+    return ((r - p).abs() / p.clamp_min(_MIN_DEPTH)).mean()

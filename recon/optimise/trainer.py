@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
@@ -89,6 +90,7 @@ class Trainer:
         self.max_sh = gaussians.sh_degree
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration, self.seconds, self.history = 0, 0.0, []
+        self._last_psnr: float | None = None  # training PSNR of the latest logged step (see step())
         self.params = self._make_params(gaussians)
         self.optimizers = {k: self._adam(k) for k in self.params}
         V = len(data.cameras)
@@ -192,10 +194,12 @@ class Trainer:
         return replace(g, opacity_logits=sparse_view.drop_gaussians(g.opacity_logits, r.dropout_rate, self.generator))
 
     def _binocular_loss(self, it: int, settings: RenderSettings, g: Gaussians, cam: Camera, depth: Tensor,
-                        gt: Tensor) -> Tensor | None:
+                        gt: Tensor, view: int, factor: float) -> Tensor | None:
         c = self.cfg.binocular
         if not (c.enabled and it >= c.start and it % c.every == 0):
             return None
+        if c.downscale > 1:
+            cam, depth, gt = self._binocular_level(settings, cam, depth, view, factor * c.downscale)
         valid = depth.detach() > 0
         if int(valid.sum()) < 16:
             return None
@@ -205,6 +209,18 @@ class Trainer:
         with stage("render_forward"):
             shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb.squeeze(0)
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
+
+    def _binocular_level(self, settings: RenderSettings, cam: Camera, depth: Tensor, view: int,
+                         factor: float) -> tuple[Camera, Tensor, Tensor]:
+        """The binocular term's camera, source depth [h, w] and target [h, w, 3] at the pyramid level
+        ``factor``: depth area-averaged (differentiable), 0 where any pixel under it had none."""
+        (w, h), images, _ = self.pyramid.level(factor)
+        gt = images[view]
+        if self.cfg.optim.random_background:  # the same composite as the training target, at this level
+            gt = torch.where(self.pyramid.level_masks(factor)[view][..., None], gt, gt.new_tensor(settings.background))
+        small = F.adaptive_avg_pool2d(depth[None, None], (h, w))[0, 0]  # [h, w]
+        covered = F.adaptive_avg_pool2d((depth.detach() > 0).to(depth.dtype)[None, None], (h, w))[0, 0] >= 1.0
+        return cam.scaled(w, h), torch.where(covered, small, torch.zeros_like(small)), gt
 
     def _diffusion_loss(self, it: int, sh: int) -> Tensor | None:
         c = self.cfg.diffusion
@@ -260,7 +276,7 @@ class Trainer:
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
             terms["depth"] = self._depth_terms(depth, prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
-        if (bino := self._binocular_loss(it, settings, g, cam, depth, gt)) is not None:
+        if (bino := self._binocular_loss(it, settings, g, cam, depth, gt, v, factor)) is not None:
             terms["binocular"] = bino
         if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
             terms["pseudo"] = pseudo
@@ -287,9 +303,15 @@ class Trainer:
         if r.enabled and r.opacity_decay < 1 and it % r.opacity_decay_every == 0 and it < r.opacity_decay_stop:
             sparse_view.decay_opacities_(self.params["opacities"], r.opacity_decay)
         record = {k: float(t.detach()) for k, t in terms.items()}
-        record.update(loss=float(loss.detach()), psnr=losses.psnr(rgb.clamp(0, 1), gt), sh_degree=sh)
+        if self._logged(it) or self._last_psnr is None:  # a float64 pass over the image: only when it is logged
+            self._last_psnr = losses.psnr(rgb.clamp(0, 1), gt)
+        record.update(loss=float(loss.detach()), psnr=self._last_psnr, sh_degree=sh)
         stop_losses()
         return record
+
+    def _logged(self, it: int) -> bool:
+        """Iterations whose record goes to the history (and log.jsonl): every log_every, the first and the last."""
+        return it % self.cfg.log_every == 0 or it == self.cfg.optim.iterations or it == 1
 
     def _check_loss(self, it: int, loss: Tensor, terms: dict) -> None:
         value = float(loss.detach())
@@ -325,7 +347,7 @@ class Trainer:
             self.iteration = it
             self.seconds = base_seconds + time.perf_counter() - start - paused
             n = len(self.params["means"])
-            if it % self.cfg.log_every == 0 or it == total or it == 1:
+            if self._logged(it):
                 self.history.append({"iteration": it, "seconds": self.seconds, "num_gaussians": n, **record})
             event = StepEvent(it, total, record["loss"], record["psnr"], n, record["sh_degree"],
                               self.seconds, lambda: self.gaussians().detach())
