@@ -20,6 +20,7 @@ from torch import Tensor
 from recon.errors import ConfigError, ReconError
 from recon.export import report_html, run_outputs
 from recon.geometry import unproject_depth
+from recon.optimise.background import fit_background
 from recon.optimise.checkpoint import (
     earlier_total_seconds,
     find_resume_checkpoint,
@@ -207,7 +208,7 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
         depth_priors = learned
     if not cfg.depth.enabled:
         depth_priors = [None] * len(train)
-    bg = tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+    bg = fit_background(cfg.render.background, scene.background, [v.image for v in train])
     data = TrainData(
         cameras=[v.camera for v in train], images=[v.image for v in train], names=[v.name for v in train],
         masks=[v.mask for v in train], depth_priors=depth_priors, prior_points=prior_points,

@@ -164,6 +164,9 @@ class DiffusionConfig:
 class RenderConfig:
     backend: str = "auto"
     antialiased: bool = False
+    # colour behind the Gaussians: "scene" (the loader's, black when none) | "mean" (mean colour of
+    # the training images, for photographs: what novel views show beyond the training frames; recon.optimise.background)
+    background: str = "scene"
 
 
 @dataclass
