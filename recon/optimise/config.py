@@ -41,6 +41,8 @@ class InitConfig:
     sh_degree: int = 3
     max_points: int = 100_000
     random_points: int = 20_000
+    # > 0: also seed Gaussians on this pixel grid where MVS found no depth, at push-pull filled depth (recon.init.fill)
+    fill_stride: int = 0
 
 
 @dataclass
