@@ -20,6 +20,7 @@ from torch import Tensor
 from recon.errors import ConfigError, ReconError
 from recon.export import report_html, run_outputs
 from recon.geometry import unproject_depth
+from recon.optimise.background import fit_background
 from recon.optimise.checkpoint import (
     earlier_total_seconds,
     find_resume_checkpoint,
@@ -69,7 +70,8 @@ def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
     # MVS also runs under another init method when its depth is the depth prior.
     mvs_depth = cfg.depth.enabled and cfg.depth.model is None
     res = initialise(views, cfg.init.method, sh_degree=cfg.init.sh_degree, random_points=cfg.init.random_points,
-                     with_depths=mvs_depth, generator=generator, max_points=cfg.init.max_points, seed=cfg.seed)
+                     with_depths=mvs_depth, generator=generator, max_points=cfg.init.max_points, seed=cfg.seed,
+                     fill_stride=cfg.init.fill_stride)
     # (a fallback to random init is warned about by recon.init and recorded in metrics.json)
     depths = [None] * len(views)
     if res.depths is not None:
@@ -207,7 +209,7 @@ def _prepare(spec: str, run: Path, cfg: FitConfig) -> _Prepared:
         depth_priors = learned
     if not cfg.depth.enabled:
         depth_priors = [None] * len(train)
-    bg = tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+    bg = fit_background(cfg.render.background, scene.background, [v.image for v in train])
     data = TrainData(
         cameras=[v.camera for v in train], images=[v.image for v in train], names=[v.name for v in train],
         masks=[v.mask for v in train], depth_priors=depth_priors, prior_points=prior_points,

@@ -35,11 +35,13 @@ class InitResult:
     confidences: list[Tensor] | None  # per view [H, W] in [0, 1]
     requested: str = ""  # the method asked for (alias resolved)
     fallback_reason: str | None = None  # why ``method`` differs from ``requested``
+    filled_points: int | None = None  # Gaussians seeded where stereo found no depth (init.fill_stride; else None)
 
     def record(self) -> dict:
         """What metrics.json says about the initialisation that actually ran."""
         return {"requested": self.requested, "used": self.method, "fallback_reason": self.fallback_reason,
-                "num_points": None if self.points is None else int(self.points.shape[0])}
+                "num_points": None if self.points is None else int(self.points.shape[0]),
+                "filled_points": self.filled_points}
 
 
 def scene_ball(views: list[View] | tuple[View, ...]) -> tuple[Tensor, float]:
@@ -57,12 +59,15 @@ def initialise(
     with_depths: bool = False,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    fill_stride: int = 0,
     **stereo_options,
 ) -> InitResult:
     """Posed training views -> InitResult. ``method``: "mvs" (alias "stereo"), "sift" or
     "random". ``with_depths`` runs MVS for its depth maps even when another method seeds
     the Gaussians (depth loss with a random-init ablation). ``stereo_options`` are
-    ``recon.priors.stereo.StereoSettings`` fields (e.g. ``max_points``, ``seed``)."""
+    ``recon.priors.stereo.StereoSettings`` fields (e.g. ``max_points``, ``seed``). ``fill_stride``
+    > 0 (MVS only) also seeds Gaussians where stereo found no depth (``recon.init.fill``); the
+    result's ``points`` stay the stereo's."""
     method = _ALIASES.get(method, method)
     if method not in METHODS:
         raise ConfigError(f"init.method must be one of {', '.join(METHODS)} (or 'stereo'), got {method!r}")
@@ -77,7 +82,16 @@ def initialise(
             res = multiview_stereo(views, progress=progress, **stereo_options)
         depths, confs = res.depths, res.confidences
         if method == "mvs":
-            return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
+            if fill_stride <= 0:
+                return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
+            from recon.init.fill import hole_points
+
+            fill_pts, fill_cols = hole_points(views, depths, fill_stride)
+            out = _from_points(torch.cat([res.points, fill_pts]), torch.cat([res.colors, fill_cols]), sh_degree,
+                               opacity, fallback, "mvs", depths, confs)
+            if out.fallback_reason is None:
+                out.points, out.filled_points = res.points, int(fill_pts.shape[0])
+            return out
     if method == "mvs":  # a single view: nothing to match
         reason = "multi-view stereo needs at least two views"
         warnings.warn(f"{reason}; using random init", RuntimeWarning, stacklevel=2)

@@ -41,6 +41,8 @@ class InitConfig:
     sh_degree: int = 3
     max_points: int = 100_000
     random_points: int = 20_000
+    # > 0: also seed Gaussians on this pixel grid where MVS found no depth, at push-pull filled depth (recon.init.fill)
+    fill_stride: int = 0
 
 
 @dataclass
@@ -168,6 +170,9 @@ class DiffusionConfig:
 class RenderConfig:
     backend: str = "auto"
     antialiased: bool = False
+    # colour behind the Gaussians: "scene" (the loader's, black when none) | "mean" (mean colour of
+    # the training images, for photographs: what novel views show beyond the training frames; recon.optimise.background)
+    background: str = "scene"
 
 
 @dataclass
