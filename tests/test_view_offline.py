@@ -119,6 +119,46 @@ def test_load_run_folder_and_bare_ply(tmp_path: Path):
     assert contents.gaussians.sh_degree == 1
     bare = load_run(run / "point_cloud.ply")  # a PLY beside cameras.json still gets the cameras
     assert len(bare.gaussians) == 120 and bare.run_dir is None and len(bare.cameras.train) == 3
+    assert contents.background == bare.background == (0.0, 0.0, 0.0)  # no metrics.json: black
+
+
+def test_finished_run_viewer_draws_the_background_the_fit_rendered(tmp_path: Path):
+    """An LLFF fit renders on its training images' mean colour (render.background=mean),
+    Blender on white: the viewer must show the same where no Gaussian covers a pixel."""
+    from recon.view import finished_run
+
+    g, cams = make_gaussians(50), ring_cameras(3)
+    run = write_run(tmp_path / "run", g, cams[:2], cams[2:])
+    settings = {"sh_degree": 1, "background": [0.42, 0.39, 0.3], "near": 0.01, "far": 100.0}
+    (run / "metrics.json").write_text(json.dumps({"protocol": {"render_settings": settings}}))
+    contents = finished_run.load_run(run)
+    assert contents.background == pytest.approx((0.42, 0.39, 0.3))
+    seen = {}
+
+    class Recorder:
+        def __init__(self, server, **kwargs):
+            seen.update(kwargs)
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    class Server:
+        def __init__(self, *args, **kwargs):
+            self.gui = self
+
+        def add_folder(self, *args, **kwargs):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    import unittest.mock as mock
+
+    with mock.patch.object(finished_run, "SceneView", Recorder), mock.patch.object(finished_run, "ViewerServer", Server):
+        finished_run.RunViewer(contents, announce=False)
+    assert seen["background"] == pytest.approx((0.42, 0.39, 0.3))
 
 
 def test_bad_runs_raise_clear_errors(tmp_path: Path):

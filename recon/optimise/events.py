@@ -25,6 +25,7 @@ class FitStarted:
     test_names: tuple[str, ...]
     total_iterations: int
     thumbnails: tuple = ()  # train images [H, W, 3] float tensors, for frustum thumbnails
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)  # what the fit renders behind its Gaussians
 
 
 @dataclass(frozen=True)

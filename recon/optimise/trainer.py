@@ -333,7 +333,8 @@ class Trainer:
         total = self.cfg.optim.iterations
         for ls in self.listeners:
             ls.on_start(FitStarted(self.run_dir, tuple(self.data.cameras), tuple(self.data.names),
-                                   tuple(test_cameras), tuple(test_names), total, thumbnails))
+                                   tuple(test_cameras), tuple(test_names), total, thumbnails,
+                                   tuple(self.render_settings(0).background)))
         start, paused, stopped = time.perf_counter(), 0.0, False
         base_seconds = self.seconds
         while self.iteration < total:

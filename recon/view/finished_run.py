@@ -25,6 +25,8 @@ class RunContents:
     cameras: CameraSet
     ply_path: Path
     run_dir: Path | None  # None when a bare PLY was given
+    # the colour the fit rendered behind its Gaussians (metrics.json's render settings; black without a run)
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _default_read_ply(path: Path) -> Gaussians:
@@ -80,7 +82,20 @@ def load_run(path: str | Path, *, read_ply: PlyReader | None = None) -> RunConte
     cams = read_cameras_json(cams_json) if cams_json.is_file() else CameraSet()
     thumbs = _thumbnails(path, cams.train_names) if cams.train else ()
     cams = CameraSet(cams.train, cams.train_names, cams.test, cams.test_names, thumbs)
-    return RunContents(reader(ply), cams, ply, path)
+    return RunContents(reader(ply), cams, ply, path, _fit_background(path))
+
+
+def _fit_background(run_dir: Path) -> tuple[float, float, float]:
+    """The background the fit was trained and scored on (Blender's white, an LLFF fit's mean
+    colour): the viewer must draw the same, or regions no Gaussian covers look unlike the renders."""
+    import json
+
+    try:
+        settings = json.loads((run_dir / "metrics.json").read_text())["protocol"]["render_settings"]
+        r, g, b = (float(c) for c in settings["background"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (0.0, 0.0, 0.0)  # a run folder from before render settings were recorded
+    return (r, g, b)
 
 
 class RunViewer:
@@ -92,7 +107,8 @@ class RunViewer:
         title = f"recon: {(contents.run_dir or contents.ply_path).name}"
         self.server = ViewerServer(host, port, title=title, announce=announce, token=token)
         # No fit to protect here: server renders may use half the wall time.
-        self.scene = SceneView(self.server, render_fn=render_fn, render_budget=FINISHED_RUN_RENDER_BUDGET)
+        self.scene = SceneView(self.server, render_fn=render_fn, render_budget=FINISHED_RUN_RENDER_BUDGET,
+                               background=contents.background)
         with self.server.gui.add_folder("Run", order=0):
             self.server.gui.add_markdown(
                 f"`{contents.ply_path}`  \n{len(contents.gaussians):,} Gaussians, "

@@ -126,6 +126,7 @@ class LiveViewer:
     # ---------------------------------------------------------------- FitListener
     def on_start(self, event: FitStarted) -> None:
         self.total = event.total_iterations
+        self.scene.background = tuple(float(c) for c in event.background)  # as the fit renders (e.g. LLFF's mean colour)
         self.scene.set_cameras(CameraSet(
             train=tuple(event.train_cameras), train_names=tuple(event.train_names),
             test=tuple(event.test_cameras), test_names=tuple(event.test_names),
