@@ -159,12 +159,7 @@ RECON_ALWAYS_INLINE void backward_chunk(const BackwardArgs<T>& a, int64_t n0, in
     backward_chunk(a, n0, n1, pose);                                                                      \
   }                                                                                                       \
   }
-#define RECON_NO_TARGET
-RECON_PROJECT_WRAPPERS(generic, RECON_NO_TARGET)
-#if RECON_X86
-RECON_PROJECT_WRAPPERS(avx2, RECON_TARGET_AVX2)
-RECON_PROJECT_WRAPPERS(avx512, RECON_TARGET_AVX512)
-#endif
+RECON_FOR_EACH_ISA(RECON_PROJECT_WRAPPERS)
 #undef RECON_PROJECT_WRAPPERS
 
 template <typename T> struct Kernels {
@@ -173,19 +168,10 @@ template <typename T> struct Kernels {
 };
 
 template <typename T> Kernels<T> kernels() {
-#if RECON_X86
-  if (sizeof(T) == sizeof(float)) {  // double is for gradient checks: baseline only
-    switch (cpu::active_isa()) {
-      case cpu::Isa::kAvx512:
-        return {&avx512::forward<T>, &avx512::backward<T>};
-      case cpu::Isa::kAvx2:
-        return {&avx2::forward<T>, &avx2::backward<T>};
-      default:
-        break;
-    }
-  }
-#endif
-  return {&generic::forward<T>, &generic::backward<T>};
+  const Kernels<T> generic_kernels{&generic::forward<T>, &generic::backward<T>};
+  if (sizeof(T) != sizeof(float)) return generic_kernels;  // double is for gradient checks: baseline only
+  return cpu::pick(generic_kernels, Kernels<T>{&avx2::forward<T>, &avx2::backward<T>},
+                   Kernels<T>{&avx512::forward<T>, &avx512::backward<T>});
 }
 
 // f(chunk, n0, n1) for the chunks [n0, n1) of kChunk Gaussians of [0, N), handed out dynamically.
