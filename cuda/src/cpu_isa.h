@@ -37,8 +37,11 @@
 
 #if defined(__GNUC__)
 #define RECON_ALWAYS_INLINE inline __attribute__((always_inline))
+// inline every call in the function's body, recursively (where the callee's code is visible)
+#define RECON_FLATTEN __attribute__((flatten))
 #else
 #define RECON_ALWAYS_INLINE inline
+#define RECON_FLATTEN
 #endif
 
 namespace recon {
