@@ -4,9 +4,10 @@
 // of the calling function's target (one zmm on AVX-512, two ymm on AVX2, four xmm on SSE2
 // or NEON), so one type serves every ISA variant of cpu_project.cpp.
 //
-// Every operation is elementwise and IEEE (no fused multiply-add: -ffp-contract=off under
-// -std=c++17), exp / log are the scalar libm calls per lane, so a lane computes exactly
-// what the scalar code computes for its Gaussian. Private to the CPU backend.
+// Every operation is elementwise (exp and log are the scalar libm calls, per lane), so a
+// lane computes what the scalar code computes for its Gaussian, up to where the compiler
+// fuses a multiply and an add (the AVX2 / AVX-512 variants, as everywhere in this backend):
+// variants agree to float rounding, and each is deterministic. Private to the CPU backend.
 #pragma once
 
 #include <cmath>

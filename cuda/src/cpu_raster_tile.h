@@ -266,7 +266,9 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         rd[x] += w * dep;
         tr[x] = blendf > T(0) ? next : tr[x];
         lv[x] = termf > T(0) ? T(0) : lv[x];
-        ls[x] = termf > T(0) ? kk : ls[x];
+        // kk where it stopped, as arithmetic on the 0/1 flag (exact: both values are finite):
+        // written as a select, GCC does not vectorise this loop for SSE2 (the generic build).
+        ls[x] = termf * kk + (T(1) - termf) * ls[x];
         newly_done += termf > T(0) ? 1 : 0;
         nb[x] += blendf;
       }
