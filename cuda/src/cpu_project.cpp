@@ -3,14 +3,16 @@
 //
 // Gaussians are processed in fixed chunks of kChunk, handed out dynamically (a descheduled
 // thread delays only its chunk); the chunk loops are compiled per instruction set
-// (cpu_isa.h) and chosen at run time. Pose gradients are summed per chunk and the chunks
-// reduced in order, so they are bit-identical for any thread count.
+// (cpu_isa.h) and chosen at run time. Within a chunk, float runs cpu::kLanes Gaussians at
+// once, one per SIMD lane (cpu_lanes.h), through the same math. Pose gradients are summed
+// per chunk and the chunks reduced in order, so they are bit-identical for any thread count.
 #include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu_isa.h"
+#include "cpu_lanes.h"
 #include "recon/api.h"
 #include "recon/math.h"
 
@@ -19,6 +21,11 @@ namespace {
 
 constexpr int64_t kChunk = 1024;
 
+using cpu::lane_any;
+using cpu::lane_at;
+template <typename T> using Batch = cpu::Batch<T>;
+template <typename T> using V = typename Batch<T>::V;
+
 // The inputs both directions read: parameters, cameras and the world-space Gaussians.
 template <typename T> struct GaussianArgs {
   const ProjectParams* p;
@@ -26,18 +33,46 @@ template <typename T> struct GaussianArgs {
   const T *means, *log_scales, *quats, *opacity_logits, *sh;
 };
 
-// Gaussian n in world space, as both directions start from it.
-template <typename T> struct WorldGaussian {
-  Mat3<T> R, cov;  // rotation (from the quaternion) and covariance
-  Vec3<T> mean;
-  T opacity;  // sigmoid of the logit, before antialiasing
+// SH coefficients a Gaussian's colour reads: (degree + 1)^2 RGB triples.
+inline int sh_floats(const ProjectParams& p) { return 3 * (p.sh_degree + 1) * (p.sh_degree + 1); }
 
-  RECON_ALWAYS_INLINE WorldGaussian(const GaussianArgs<T>& a, int64_t n)
-      : R(quat_to_rotmat(a.quats + 4 * n)),
-        cov(covariance(R, a.log_scales + 3 * n)),
-        mean{a.means[3 * n], a.means[3 * n + 1], a.means[3 * n + 2]},
-        opacity(sigmoid(a.opacity_logits[n])) {}
+// The Gaussians [n, n + count) in world space (count <= Batch<T>::W, one per lane), as
+// both directions start from them.
+template <typename T> struct WorldGaussians {
+  V<T> quat[4], log_scale[3];
+  Mat3<V<T>> R, cov;  // rotation (from the quaternion) and covariance
+  Vec3<V<T>> mean;
+  V<T> opacity;  // sigmoid of the logit, before antialiasing
+
+  RECON_ALWAYS_INLINE WorldGaussians(const GaussianArgs<T>& a, int64_t n, int count) {
+    using B = Batch<T>;
+    for (int k = 0; k < 4; ++k) quat[k] = B::load(a.quats + 4 * n + k, 4, count);
+    for (int k = 0; k < 3; ++k) log_scale[k] = B::load(a.log_scales + 3 * n + k, 3, count);
+    mean = {B::load(a.means + 3 * n, 3, count), B::load(a.means + 3 * n + 1, 3, count),
+            B::load(a.means + 3 * n + 2, 3, count)};
+    opacity = sigmoid(B::load(a.opacity_logits + n, 1, count));
+    R = quat_to_rotmat(quat);
+    cov = covariance(R, log_scale);
+  }
 };
+
+// sh [sh_floats] of the Gaussians [n, n + count), one per lane.
+template <typename T>
+RECON_ALWAYS_INLINE void load_sh(const ProjectParams& p, const T* sh, int64_t n, int count, V<T>* out) {
+  const int64_t stride = int64_t(3) * p.K;
+  for (int j = 0; j < sh_floats(p); ++j) out[j] = Batch<T>::load(sh + stride * n + j, stride, count);
+}
+
+// The camera in every lane (on the stack: lane types are 64-byte aligned).
+template <typename T> RECON_ALWAYS_INLINE CameraView<V<T>> lane_camera(const CameraView<T>& c) {
+  CameraView<V<T>> r;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) r.R.m[i][j] = V<T>(c.R.m[i][j]);
+  r.t = {V<T>(c.t.x), V<T>(c.t.y), V<T>(c.t.z)};
+  r.K = {V<T>(c.K.fx), V<T>(c.K.fy), V<T>(c.K.cx), V<T>(c.K.cy)};
+  r.centre = {V<T>(c.centre.x), V<T>(c.centre.y), V<T>(c.centre.z)};
+  return r;
+}
 
 template <typename T> struct ForwardArgs : GaussianArgs<T> {
   T *means2d, *conics, *colors, *opacities, *depths;
@@ -46,59 +81,62 @@ template <typename T> struct ForwardArgs : GaussianArgs<T> {
 
 template <typename T>
 RECON_ALWAYS_INLINE void forward_chunk(const ForwardArgs<T>& a, int64_t n0, int64_t n1) {
+  using B = Batch<T>;
+  using L = V<T>;
   const ProjectParams& p = *a.p;
-  for (int64_t n = n0; n < n1; ++n) {
-    const WorldGaussian<T> wg(a, n);
-    const Mat3<T>& cov = wg.cov;
-    const Vec3<T>& mean = wg.mean;
-    const T opacity_raw = wg.opacity;
+  L sh[48];
+  for (int64_t n = n0; n < n1; n += B::W) {
+    const int count = int(std::min<int64_t>(B::W, n1 - n));
+    const WorldGaussians<T> wg(a, n, count);
+    bool sh_loaded = false;
     for (int c = 0; c < p.C; ++c) {
-      const int64_t i = int64_t(c) * p.N + n;
-      const CameraView<T>& cam = a.cams[c];
-      Vec3<T> pc;
-      Mat3<T> cov_c;
-      world_to_cam(cam.R, cam.t, mean, cov, pc, cov_c);
-      bool ok = pc.z > T(p.near_plane) && pc.z < T(p.far_plane);
-      Vec2<T> m2;
-      Sym2<T> cov2d, conic;
-      T comp = T(1), det = T(0), opacity = T(0);
-      Vec2<T> rad = {T(0), T(0)};
-      if (ok) {
-        persp_proj(pc, cov_c, cam.K, p.width, p.height, m2, cov2d);
-        ok = conic_from_cov2d(cov2d, conic, comp, det);
+      const CameraView<L> cam = lane_camera(a.cams[c]);
+      Vec3<L> pc;
+      Mat3<L> cov_c;
+      world_to_cam(cam.R, cam.t, wg.mean, wg.cov, pc, cov_c);
+      // Every step runs on every lane; `ok` says which lanes are visible.
+      auto ok = (pc.z > L(p.near_plane)) & (pc.z < L(p.far_plane));
+      Vec2<L> m2;
+      Sym2<L> cov2d, conic;
+      L comp, det;
+      persp_proj(pc, cov_c, cam.K, p.width, p.height, m2, cov2d);
+      ok &= conic_from_cov2d(cov2d, conic, comp, det);
+      const L opacity = p.antialiased ? wg.opacity * comp : wg.opacity;
+      ok &= opacity >= L(kAlphaThreshold);
+      const Vec2<L> rad = screen_radius(cov2d, opacity);
+      ok &= (rad.x > L(0)) & (rad.y > L(0)) & (m2.x + rad.x > L(0)) & (m2.x - rad.x < L(p.width)) &
+            (m2.y + rad.y > L(0)) & (m2.y - rad.y < L(p.height));
+      Vec3<L> col = {L(0), L(0), L(0)};
+      if (lane_any(ok)) {  // colour only where some lane is visible
+        if (!sh_loaded) load_sh(p, a.sh, n, count, sh);
+        sh_loaded = true;
+        const Vec3<L> dir = {wg.mean.x - cam.centre.x, wg.mean.y - cam.centre.y, wg.mean.z - cam.centre.z};
+        col = sh_color(p.sh_degree, dir, sh);
       }
-      if (ok) {
-        opacity = p.antialiased ? opacity_raw * comp : opacity_raw;
-        ok = opacity >= T(kAlphaThreshold);
+      for (int l = 0; l < count; ++l) {
+        const int64_t i = int64_t(c) * p.N + n + l;
+        if (!lane_at(ok, l)) {
+          std::fill(a.means2d + 2 * i, a.means2d + 2 * i + 2, T(0));
+          std::fill(a.conics + 3 * i, a.conics + 3 * i + 3, T(0));
+          std::fill(a.colors + 3 * i, a.colors + 3 * i + 3, T(0));
+          a.opacities[i] = T(0);
+          a.depths[i] = T(0);
+          a.radii[2 * i] = a.radii[2 * i + 1] = 0;
+          continue;
+        }
+        a.means2d[2 * i] = B::at(m2.x, l);
+        a.means2d[2 * i + 1] = B::at(m2.y, l);
+        a.conics[3 * i] = B::at(conic.a, l);
+        a.conics[3 * i + 1] = B::at(conic.b, l);
+        a.conics[3 * i + 2] = B::at(conic.c, l);
+        a.colors[3 * i] = B::at(col.x, l);
+        a.colors[3 * i + 1] = B::at(col.y, l);
+        a.colors[3 * i + 2] = B::at(col.z, l);
+        a.opacities[i] = B::at(opacity, l);
+        a.depths[i] = B::at(pc.z, l);
+        a.radii[2 * i] = int32_t(B::at(rad.x, l));
+        a.radii[2 * i + 1] = int32_t(B::at(rad.y, l));
       }
-      if (ok) {
-        rad = screen_radius(cov2d, opacity);
-        ok = rad.x > T(0) && rad.y > T(0) && m2.x + rad.x > T(0) && m2.x - rad.x < T(p.width) &&
-             m2.y + rad.y > T(0) && m2.y - rad.y < T(p.height);
-      }
-      if (!ok) {
-        std::fill(a.means2d + 2 * i, a.means2d + 2 * i + 2, T(0));
-        std::fill(a.conics + 3 * i, a.conics + 3 * i + 3, T(0));
-        std::fill(a.colors + 3 * i, a.colors + 3 * i + 3, T(0));
-        a.opacities[i] = T(0);
-        a.depths[i] = T(0);
-        a.radii[2 * i] = a.radii[2 * i + 1] = 0;
-        continue;
-      }
-      a.means2d[2 * i] = m2.x;
-      a.means2d[2 * i + 1] = m2.y;
-      a.conics[3 * i] = conic.a;
-      a.conics[3 * i + 1] = conic.b;
-      a.conics[3 * i + 2] = conic.c;
-      const Vec3<T> dir = {mean.x - cam.centre.x, mean.y - cam.centre.y, mean.z - cam.centre.z};
-      const Vec3<T> col = sh_color(p.sh_degree, dir, a.sh + int64_t(3) * p.K * n);
-      a.colors[3 * i] = col.x;
-      a.colors[3 * i + 1] = col.y;
-      a.colors[3 * i + 2] = col.z;
-      a.opacities[i] = opacity;
-      a.depths[i] = pc.z;
-      a.radii[2 * i] = int32_t(rad.x);
-      a.radii[2 * i + 1] = int32_t(rad.y);
     }
   }
 }
@@ -109,62 +147,96 @@ template <typename T> struct BackwardArgs : GaussianArgs<T> {
   T *v_means, *v_log_scales, *v_quats, *v_opacity_logits, *v_sh;
 };
 
+// out[l * stride] += x's lane l, for l < count.
+template <typename T>
+RECON_ALWAYS_INLINE void add_lanes(const V<T>& x, T* out, int64_t stride, int count) {
+  for (int l = 0; l < count; ++l) out[l * stride] += Batch<T>::at(x, l);
+}
+
 // pose [C, 12]: this chunk's pose gradient (rows 0..2 of each [4, 4]), accumulated.
 template <typename T>
 RECON_ALWAYS_INLINE void backward_chunk(const BackwardArgs<T>& a, int64_t n0, int64_t n1, T* pose) {
+  using B = Batch<T>;
+  using L = V<T>;
   const ProjectParams& p = *a.p;
-  for (int64_t n = n0; n < n1; ++n) {
-    const WorldGaussian<T> wg(a, n);
-    const Mat3<T>& Rg = wg.R;
-    const Mat3<T>& cov = wg.cov;
-    const Vec3<T>& mean = wg.mean;
-    const T opacity_raw = wg.opacity;
-    Vec3<T> v_mean = {T(0), T(0), T(0)};
-    Mat3<T> v_cov = mat3_zero<T>();
-    T v_op_raw = T(0);
+  const int n_sh = sh_floats(p);
+  const L zero(0);
+  L sh[48], v_sh[48], v_sh_cam[48];
+  for (int64_t n = n0; n < n1; n += B::W) {
+    const int count = int(std::min<int64_t>(B::W, n1 - n));
+    const WorldGaussians<T> wg(a, n, count);
+    Vec3<L> v_mean = {zero, zero, zero};
+    Mat3<L> v_cov = mat3_zero<L>();
+    L v_op_raw = zero;
+    bool sh_loaded = false;
     for (int c = 0; c < p.C; ++c) {
       const int64_t i = int64_t(c) * p.N + n;
-      if (a.radii[2 * i] <= 0 || a.radii[2 * i + 1] <= 0) continue;
-      Mat3<T> v_R = mat3_zero<T>();
-      Vec3<T> v_t = {T(0), T(0), T(0)};
-      project_vjp(a.cams[c], p.width, p.height, p.antialiased, p.sh_degree, mean, cov, opacity_raw,
-                  a.sh + int64_t(3) * p.K * n, Vec2<T>{a.v_means2d[2 * i], a.v_means2d[2 * i + 1]},
-                  Sym2<T>{a.v_conics[3 * i], a.v_conics[3 * i + 1], a.v_conics[3 * i + 2]},
-                  Vec3<T>{a.v_colors[3 * i], a.v_colors[3 * i + 1], a.v_colors[3 * i + 2]}, a.v_opacities[i],
-                  a.v_depths[i], v_mean, v_cov, v_op_raw, a.v_sh + int64_t(3) * p.K * n, v_R, v_t);
+      // the lanes this camera sees (radii > 0); the others must not contribute
+      const auto seen =
+          B::load_positive(a.radii + 2 * i, 2, count) & B::load_positive(a.radii + 2 * i + 1, 2, count);
+      if (!lane_any(seen)) continue;
+      if (!sh_loaded) {
+        load_sh(p, a.sh, n, count, sh);
+        for (int j = 0; j < n_sh; ++j) v_sh[j] = zero;
+        sh_loaded = true;
+      }
+      // This camera's share, in lanes, kept only where seen.
+      Mat3<L> v_R = mat3_zero<L>(), v_cov_cam = mat3_zero<L>();
+      Vec3<L> v_t = {zero, zero, zero}, v_mean_cam = {zero, zero, zero};
+      L v_op_cam = zero;
+      for (int j = 0; j < n_sh; ++j) v_sh_cam[j] = zero;
+      project_vjp(lane_camera(a.cams[c]), p.width, p.height, p.antialiased, p.sh_degree, wg.mean, wg.cov,
+                  wg.opacity, sh,
+                  Vec2<L>{B::load(a.v_means2d + 2 * i, 2, count), B::load(a.v_means2d + 2 * i + 1, 2, count)},
+                  Sym2<L>{B::load(a.v_conics + 3 * i, 3, count), B::load(a.v_conics + 3 * i + 1, 3, count),
+                          B::load(a.v_conics + 3 * i + 2, 3, count)},
+                  Vec3<L>{B::load(a.v_colors + 3 * i, 3, count), B::load(a.v_colors + 3 * i + 1, 3, count),
+                          B::load(a.v_colors + 3 * i + 2, 3, count)},
+                  B::load(a.v_opacities + i, 1, count), B::load(a.v_depths + i, 1, count), v_mean_cam,
+                  v_cov_cam, v_op_cam, v_sh_cam, v_R, v_t);
+      v_mean.x += lane_select(seen, v_mean_cam.x, zero);
+      v_mean.y += lane_select(seen, v_mean_cam.y, zero);
+      v_mean.z += lane_select(seen, v_mean_cam.z, zero);
+      for (int r = 0; r < 3; ++r)
+        for (int k = 0; k < 3; ++k) v_cov.m[r][k] += lane_select(seen, v_cov_cam.m[r][k], zero);
+      v_op_raw += lane_select(seen, v_op_cam, zero);
+      for (int j = 0; j < n_sh; ++j) v_sh[j] += lane_select(seen, v_sh_cam[j], zero);
       T* acc = pose + 12 * c;
       for (int r = 0; r < 3; ++r)
-        for (int k = 0; k < 3; ++k) acc[4 * r + k] += v_R.m[r][k];
-      acc[3] += v_t.x;
-      acc[7] += v_t.y;
-      acc[11] += v_t.z;
+        for (int k = 0; k < 3; ++k) acc[4 * r + k] += B::sum(lane_select(seen, v_R.m[r][k], zero));
+      acc[3] += B::sum(lane_select(seen, v_t.x, zero));
+      acc[7] += B::sum(lane_select(seen, v_t.y, zero));
+      acc[11] += B::sum(lane_select(seen, v_t.z, zero));
     }
-    a.v_opacity_logits[n] += v_op_raw * opacity_raw * (T(1) - opacity_raw);
-    Mat3<T> v_Rg = mat3_zero<T>();
-    covariance_vjp(Rg, a.log_scales + 3 * n, v_cov, v_Rg, a.v_log_scales + 3 * n);
-    quat_to_rotmat_vjp(a.quats + 4 * n, v_Rg, a.v_quats + 4 * n);
-    a.v_means[3 * n] += v_mean.x;
-    a.v_means[3 * n + 1] += v_mean.y;
-    a.v_means[3 * n + 2] += v_mean.z;
+    if (!sh_loaded) continue;  // seen by no camera: every gradient of these Gaussians is 0
+    add_lanes<T>(v_op_raw * wg.opacity * (L(1) - wg.opacity), a.v_opacity_logits + n, 1, count);
+    Mat3<L> v_Rg = mat3_zero<L>();
+    L v_log_scale[3] = {zero, zero, zero}, v_quat[4] = {zero, zero, zero, zero};
+    covariance_vjp(wg.R, wg.log_scale, v_cov, v_Rg, v_log_scale);
+    quat_to_rotmat_vjp(wg.quat, v_Rg, v_quat);
+    for (int k = 0; k < 3; ++k) add_lanes<T>(v_log_scale[k], a.v_log_scales + 3 * n + k, 3, count);
+    for (int k = 0; k < 4; ++k) add_lanes<T>(v_quat[k], a.v_quats + 4 * n + k, 4, count);
+    add_lanes<T>(v_mean.x, a.v_means + 3 * n, 3, count);
+    add_lanes<T>(v_mean.y, a.v_means + 3 * n + 1, 3, count);
+    add_lanes<T>(v_mean.z, a.v_means + 3 * n + 2, 3, count);
+    const int64_t stride = int64_t(3) * p.K;
+    for (int j = 0; j < n_sh; ++j) add_lanes<T>(v_sh[j], a.v_sh + stride * n + j, stride, count);
   }
 }
 
-// Per-ISA copies of the chunk loops (the always-inline bodies vectorise/fuse per target).
-#define RECON_PROJECT_WRAPPERS(NS, TARGET)                                                                \
-  namespace NS {                                                                                          \
-  template <typename T> TARGET void forward(const ForwardArgs<T>& a, int64_t n0, int64_t n1) {            \
-    forward_chunk(a, n0, n1);                                                                             \
-  }                                                                                                       \
-  template <typename T> TARGET void backward(const BackwardArgs<T>& a, int64_t n0, int64_t n1, T* pose) { \
-    backward_chunk(a, n0, n1, pose);                                                                      \
-  }                                                                                                       \
+// Per-ISA copies of the chunk loops. flatten inlines the whole call tree (the math.h
+// helpers included) into each copy, so all of it is compiled for that copy's target.
+#define RECON_PROJECT_WRAPPERS(NS, TARGET)                                                                   \
+  namespace NS {                                                                                             \
+  template <typename T> TARGET RECON_FLATTEN void forward(const ForwardArgs<T>& a, int64_t n0, int64_t n1) { \
+    forward_chunk(a, n0, n1);                                                                                \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  TARGET RECON_FLATTEN void backward(const BackwardArgs<T>& a, int64_t n0, int64_t n1, T* pose) {            \
+    backward_chunk(a, n0, n1, pose);                                                                         \
+  }                                                                                                          \
   }
-#define RECON_NO_TARGET
-RECON_PROJECT_WRAPPERS(generic, RECON_NO_TARGET)
-#if RECON_X86
-RECON_PROJECT_WRAPPERS(avx2, RECON_TARGET_AVX2)
-RECON_PROJECT_WRAPPERS(avx512, RECON_TARGET_AVX512)
-#endif
+RECON_FOR_EACH_ISA(RECON_PROJECT_WRAPPERS)
 #undef RECON_PROJECT_WRAPPERS
 
 template <typename T> struct Kernels {
@@ -173,19 +245,10 @@ template <typename T> struct Kernels {
 };
 
 template <typename T> Kernels<T> kernels() {
-#if RECON_X86
-  if (sizeof(T) == sizeof(float)) {  // double is for gradient checks: baseline only
-    switch (cpu::active_isa()) {
-      case cpu::Isa::kAvx512:
-        return {&avx512::forward<T>, &avx512::backward<T>};
-      case cpu::Isa::kAvx2:
-        return {&avx2::forward<T>, &avx2::backward<T>};
-      default:
-        break;
-    }
-  }
-#endif
-  return {&generic::forward<T>, &generic::backward<T>};
+  const Kernels<T> generic_kernels{&generic::forward<T>, &generic::backward<T>};
+  if (sizeof(T) != sizeof(float)) return generic_kernels;  // double is for gradient checks: baseline only
+  return cpu::pick(generic_kernels, Kernels<T>{&avx2::forward<T>, &avx2::backward<T>},
+                   Kernels<T>{&avx512::forward<T>, &avx512::backward<T>});
 }
 
 // f(chunk, n0, n1) for the chunks [n0, n1) of kChunk Gaussians of [0, N), handed out dynamically.

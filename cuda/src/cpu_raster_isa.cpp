@@ -34,12 +34,7 @@ namespace {
   }                                                                                                      \
   }
 
-#define RECON_NO_TARGET
-RECON_TILE_WRAPPERS(generic, RECON_NO_TARGET)
-#if RECON_X86
-RECON_TILE_WRAPPERS(avx2, RECON_TARGET_AVX2)
-RECON_TILE_WRAPPERS(avx512, RECON_TARGET_AVX512)
-#endif
+RECON_FOR_EACH_ISA(RECON_TILE_WRAPPERS)
 #undef RECON_TILE_WRAPPERS
 
 // Kernels of one ISA for one scalar type, by tile size.
@@ -111,17 +106,7 @@ int isa_float_lanes(Isa isa) {
 
 template <>
 TileKernels<float> tile_kernels<float>(int tile_size) {
-#if RECON_X86
-  switch (active_isa()) {
-    case Isa::kAvx512:
-      return RECON_PICK_SIZE(avx512, float);
-    case Isa::kAvx2:
-      return RECON_PICK_SIZE(avx2, float);
-    default:
-      break;
-  }
-#endif
-  return RECON_PICK_SIZE(generic, float);
+  return pick(RECON_PICK_SIZE(generic, float), RECON_PICK_SIZE(avx2, float), RECON_PICK_SIZE(avx512, float));
 }
 
 // double is for gradient checks, not speed: the baseline build only.
@@ -142,7 +127,8 @@ namespace {
 constexpr int kChains = 12;
 
 #if RECON_X86
-RECON_TARGET_AVX512 double fma_loop_avx512(int64_t iters) {
+namespace avx512 {
+RECON_TARGET_AVX512 double fma_loop(int64_t iters) {
   __m512 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(1.0f + 1e-3f * float(i));
   const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
@@ -152,8 +138,10 @@ RECON_TARGET_AVX512 double fma_loop_avx512(int64_t iters) {
   for (int i = 0; i < kChains; ++i) sink += _mm512_reduce_add_ps(acc[i]);
   return double(sink);
 }
+}  // namespace avx512
 
-RECON_TARGET_AVX2 double fma_loop_avx2(int64_t iters) {
+namespace avx2 {
+RECON_TARGET_AVX2 double fma_loop(int64_t iters) {
   __m256 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + 1e-3f * float(i));
   const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
@@ -167,10 +155,12 @@ RECON_TARGET_AVX2 double fma_loop_avx2(int64_t iters) {
   }
   return double(sink);
 }
+}  // namespace avx2
 #endif
 
 // Baseline: 4-wide multiply + add (SSE2 has no FMA), written as plain loops.
-double fma_loop_generic(int64_t iters) {
+namespace generic {
+double fma_loop(int64_t iters) {
   float acc[kChains][4];
   for (int i = 0; i < kChains; ++i)
     for (int l = 0; l < 4; ++l) acc[i][l] = 1.0f + 1e-3f * float(i + l);
@@ -182,24 +172,12 @@ double fma_loop_generic(int64_t iters) {
     for (int l = 0; l < 4; ++l) sink += acc[i][l];
   return double(sink);
 }
+}  // namespace generic
 
 }  // namespace
 
 double fma_loop(int64_t iters, double* sink) {
-  double s;
-  switch (active_isa()) {
-#if RECON_X86
-    case Isa::kAvx512:
-      s = fma_loop_avx512(iters);
-      break;
-    case Isa::kAvx2:
-      s = fma_loop_avx2(iters);
-      break;
-#endif
-    default:
-      s = fma_loop_generic(iters);
-      break;
-  }
+  const double s = pick(&generic::fma_loop, &avx2::fma_loop, &avx512::fma_loop)(iters);
   if (sink) *sink = s;
   return double(iters) * kChains * isa_float_lanes(active_isa());
 }

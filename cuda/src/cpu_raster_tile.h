@@ -17,6 +17,7 @@
 #include "recon/math.h"
 
 #include "cpu_isa.h"
+#include "cpu_lanes.h"
 
 #define RECON_TILE_INLINE RECON_ALWAYS_INLINE
 
@@ -54,29 +55,6 @@ struct TileCounts {
   int64_t lanes = 0;
   int64_t blended = 0;
 };
-
-// exp(x) for the blending loops. The float version is a branch-free range reduction plus a
-// degree-7 polynomial (relative error ~1e-7) so that the pixel loops vectorise on every ISA
-// (rounding by the 1.5 * 2^23 trick needs no SSE4.1 round instruction); double keeps
-// std::exp so gradient checks in double see a smooth function.
-RECON_TILE_INLINE float blend_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;  // (ternaries vectorise; fminf does not without -ffast-math)
-  x = x > 88.0f ? 88.0f : x;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding and subtracting rounds to an integer
-  const float n = (x * 1.44269504088896341f + shifter) - shifter;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
-}
-RECON_TILE_INLINE double blend_exp(double x) { return std::exp(x); }
 
 // One Gaussian gathered for a tile, with its pixel bounding box clipped to the tile (local
 // pixel coordinates, inclusive-exclusive) and the sigma below which it is visible. The box
@@ -252,7 +230,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         const T dx = mx - (x0 + T(x));
         // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
         const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T raw = op * blend_exp(-sigma);
+        const T raw = op * simd_exp(-sigma);
         const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
         // Masks as 0/1 values: boolean logic here stops GCC from vectorising.
         const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0)) * lv[x];
@@ -266,7 +244,9 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         rd[x] += w * dep;
         tr[x] = blendf > T(0) ? next : tr[x];
         lv[x] = termf > T(0) ? T(0) : lv[x];
-        ls[x] = termf > T(0) ? kk : ls[x];
+        // kk where it stopped, as arithmetic on the 0/1 flag (exact: both values are finite):
+        // written as a select, GCC does not vectorise this loop for SSE2 (the generic build).
+        ls[x] = termf * kk + (T(1) - termf) * ls[x];
         newly_done += termf > T(0) ? 1 : 0;
         nb[x] += blendf;
       }
@@ -398,7 +378,7 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
         const T dx = mx - (x0 + T(x));
         // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
         const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T gs = blend_exp(-sigma);
+        const T gs = simd_exp(-sigma);
         const T raw = op * gs;
         const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
         // Blended in forward: the same test, on the entries before the pixel stopped.

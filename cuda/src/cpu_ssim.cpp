@@ -210,42 +210,12 @@ using BackwardFn = void (*)(const SsimShape&, const float*, const float*, const 
   }                                                                                                 \
   }
 
-#define RECON_NO_TARGET
-RECON_SSIM_WRAPPERS(generic, RECON_NO_TARGET)
-#if RECON_X86
-RECON_SSIM_WRAPPERS(avx2, RECON_TARGET_AVX2)
-RECON_SSIM_WRAPPERS(avx512, RECON_TARGET_AVX512)
-#endif
+RECON_FOR_EACH_ISA(RECON_SSIM_WRAPPERS)
 #undef RECON_SSIM_WRAPPERS
-#undef RECON_NO_TARGET
 
-ForwardFn forward_kernel() {
-#if RECON_X86
-  switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512:
-      return &avx512::forward;
-    case cpu::Isa::kAvx2:
-      return &avx2::forward;
-    default:
-      break;
-  }
-#endif
-  return &generic::forward;
-}
+ForwardFn forward_kernel() { return cpu::pick(&generic::forward, &avx2::forward, &avx512::forward); }
 
-BackwardFn backward_kernel() {
-#if RECON_X86
-  switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512:
-      return &avx512::backward;
-    case cpu::Isa::kAvx2:
-      return &avx2::backward;
-    default:
-      break;
-  }
-#endif
-  return &generic::backward;
-}
+BackwardFn backward_kernel() { return cpu::pick(&generic::backward, &avx2::backward, &avx512::backward); }
 
 }  // namespace
 

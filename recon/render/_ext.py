@@ -49,7 +49,7 @@ def source_dir() -> Path:
 # -fno-trapping-math lets GCC vectorise the blending loops (no FP traps are relied on).
 # No -march=native: the blending and projection loops are compiled per instruction set and
 # picked at run time (cuda/src/cpu_isa.h), so the binary runs on any CPU of its arch.
-CXX_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math")
+CXX_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-psabi")
 NVCC_FLAGS = ("-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr", "-DRECON_WITH_CUDA")
 
 

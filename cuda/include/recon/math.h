@@ -4,6 +4,10 @@
 // gradient of the loss w.r.t. the helper's outputs (named v_<output>), it ADDS the gradient
 // w.r.t. the inputs into v_<input> (callers zero them). Templated on the scalar type so the
 // CPU backend can run in double for gradient checks; the CUDA kernels use float.
+// The projection helpers (quaternion to rotation up to project_vjp) also run on the CPU
+// backend's SIMD lanes, several Gaussians at once (cuda/src/cpu_lanes.h): they use the
+// lane_* primitives below instead of std:: functions, and lane_select instead of a branch
+// on a value; comparisons are combined with & and | (on lanes they are masks).
 // Conventions (recon/types.py): OpenCV camera axes, T_cam_world row-major [4, 4],
 // quaternions (w, x, y, z), pixel centres at +0.5.
 #pragma once
@@ -13,6 +17,17 @@
 #include "recon/constants.h"
 
 namespace recon {
+
+// Elementwise primitives for scalars; cpu_lanes.h overloads each for its lane type (found by
+// argument-dependent lookup). lane_min / lane_max are std::fmin / std::fmax.
+template <typename T> RECON_HD T lane_sqrt(T x) { return std::sqrt(x); }
+template <typename T> RECON_HD T lane_exp(T x) { return std::exp(x); }
+template <typename T> RECON_HD T lane_log(T x) { return std::log(x); }
+template <typename T> RECON_HD T lane_ceil(T x) { return std::ceil(x); }
+template <typename T> RECON_HD T lane_min(T a, T b) { return std::fmin(a, b); }
+template <typename T> RECON_HD T lane_max(T a, T b) { return std::fmax(a, b); }
+// c ? a : b (both evaluated)
+template <typename T> RECON_HD T lane_select(bool c, T a, T b) { return c ? a : b; }
 
 template <typename T> struct Vec2 {
   T x, y;
@@ -70,7 +85,7 @@ template <typename T> RECON_HD Vec3<T> matTvec(const Mat3<T>& a, const Vec3<T>& 
 // ---------------------------------------------------------------------------------------
 // Quaternion (w, x, y, z), any non-zero norm -> rotation matrix.
 template <typename T> RECON_HD Mat3<T> quat_to_rotmat(const T q[4]) {
-  const T inv = T(1) / std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  const T inv = T(1) / lane_sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
   const T w = q[0] * inv, x = q[1] * inv, y = q[2] * inv, z = q[3] * inv;
   Mat3<T> R;
   R.m[0][0] = T(1) - T(2) * (y * y + z * z);
@@ -87,7 +102,7 @@ template <typename T> RECON_HD Mat3<T> quat_to_rotmat(const T q[4]) {
 
 template <typename T>
 RECON_HD void quat_to_rotmat_vjp(const T q[4], const Mat3<T>& v_R, T v_q[4]) {
-  const T inv = T(1) / std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  const T inv = T(1) / lane_sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
   const T w = q[0] * inv, x = q[1] * inv, y = q[2] * inv, z = q[3] * inv;
   const auto& v = v_R.m;
   // Gradient w.r.t. the normalised quaternion n.
@@ -112,7 +127,7 @@ template <typename T>
 RECON_HD Mat3<T> covariance(const Mat3<T>& R, const T log_scale[3]) {
   Mat3<T> M;
   for (int j = 0; j < 3; ++j) {
-    const T s = std::exp(log_scale[j]);
+    const T s = lane_exp(log_scale[j]);
     for (int i = 0; i < 3; ++i) M.m[i][j] = R.m[i][j] * s;
   }
   return matmul(M, transpose(M));
@@ -123,14 +138,14 @@ RECON_HD void covariance_vjp(const Mat3<T>& R, const T log_scale[3], const Mat3<
                              T v_log_scale[3]) {
   Mat3<T> M, S;
   for (int j = 0; j < 3; ++j) {
-    const T s = std::exp(log_scale[j]);
+    const T s = lane_exp(log_scale[j]);
     for (int i = 0; i < 3; ++i) M.m[i][j] = R.m[i][j] * s;
   }
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) S.m[i][j] = v_cov.m[i][j] + v_cov.m[j][i];
   const Mat3<T> v_M = matmul(S, M);  // d(M M^T) -> (V + V^T) M
   for (int j = 0; j < 3; ++j) {
-    const T s = std::exp(log_scale[j]);
+    const T s = lane_exp(log_scale[j]);
     T acc = T(0);
     for (int i = 0; i < 3; ++i) {
       v_R.m[i][j] += v_M.m[i][j] * s;
@@ -191,8 +206,8 @@ RECON_HD void persp_proj(const Vec3<T>& p, const Mat3<T>& cov, const Intrinsics<
   const T limx_neg = K.cx / K.fx + T(kFrustumSlack) * tanx;
   const T limy_pos = (T(height) - K.cy) / K.fy + T(kFrustumSlack) * tany;
   const T limy_neg = K.cy / K.fy + T(kFrustumSlack) * tany;
-  const T tx = p.z * std::fmin(limx_pos, std::fmax(-limx_neg, p.x * rz));
-  const T ty = p.z * std::fmin(limy_pos, std::fmax(-limy_neg, p.y * rz));
+  const T tx = p.z * lane_min(limx_pos, lane_max(-limx_neg, p.x * rz));
+  const T ty = p.z * lane_min(limy_pos, lane_max(-limy_neg, p.y * rz));
   // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]
   const T j00 = K.fx * rz, j02 = -K.fx * tx * rz2, j11 = K.fy * rz, j12 = -K.fy * ty * rz2;
   const auto& c = cov.m;
@@ -219,9 +234,9 @@ RECON_HD void persp_proj_vjp(const Vec3<T>& p, const Mat3<T>& cov, const Intrins
   const T limy_pos = (T(height) - K.cy) / K.fy + T(kFrustumSlack) * tany;
   const T limy_neg = K.cy / K.fy + T(kFrustumSlack) * tany;
   const T ux = p.x * rz, uy = p.y * rz;
-  const bool clx = ux < -limx_neg || ux > limx_pos, cly = uy < -limy_neg || uy > limy_pos;
-  const T tx = p.z * std::fmin(limx_pos, std::fmax(-limx_neg, ux));
-  const T ty = p.z * std::fmin(limy_pos, std::fmax(-limy_neg, uy));
+  const auto clx = (ux < -limx_neg) | (ux > limx_pos), cly = (uy < -limy_neg) | (uy > limy_pos);
+  const T tx = p.z * lane_min(limx_pos, lane_max(-limx_neg, ux));
+  const T ty = p.z * lane_min(limy_pos, lane_max(-limy_neg, uy));
   T J[2][3] = {{K.fx * rz, T(0), -K.fx * tx * rz2}, {T(0), K.fy * rz, -K.fy * ty * rz2}};
   // Full 2x2 gradient matrix of cov2d (symmetric; off-diagonal gets half of v_b each).
   const T V[2][2] = {{v_cov2d.a, T(0.5) * v_cov2d.b}, {T(0.5) * v_cov2d.b, v_cov2d.c}};
@@ -247,32 +262,26 @@ RECON_HD void persp_proj_vjp(const Vec3<T>& p, const Mat3<T>& cov, const Intrins
   v_p.z -= (K.fx * p.x * v_mean2d.x + K.fy * p.y * v_mean2d.y) * rz2;
   // Jacobian entries.
   v_p.z -= (K.fx * vJ[0][0] + K.fy * vJ[1][1]) * rz2;
-  if (clx) {
-    v_p.z += K.fx * tx * rz3 * vJ[0][2];
-  } else {
-    v_p.x -= K.fx * rz2 * vJ[0][2];
-    v_p.z += T(2) * K.fx * tx * rz3 * vJ[0][2];
-  }
-  if (cly) {
-    v_p.z += K.fy * ty * rz3 * vJ[1][2];
-  } else {
-    v_p.y -= K.fy * rz2 * vJ[1][2];
-    v_p.z += T(2) * K.fy * ty * rz3 * vJ[1][2];
-  }
+  // Where x/z was clamped, tx = p.z * limit: no gradient to p.x, half of it to p.z.
+  v_p.x = lane_select(clx, v_p.x, v_p.x - K.fx * rz2 * vJ[0][2]);
+  v_p.z = lane_select(clx, v_p.z + K.fx * tx * rz3 * vJ[0][2], v_p.z + T(2) * K.fx * tx * rz3 * vJ[0][2]);
+  v_p.y = lane_select(cly, v_p.y, v_p.y - K.fy * rz2 * vJ[1][2]);
+  v_p.z = lane_select(cly, v_p.z + K.fy * ty * rz3 * vJ[1][2], v_p.z + T(2) * K.fy * ty * rz3 * vJ[1][2]);
 }
 
 // ---------------------------------------------------------------------------------------
 // Dilation by kDilation, conic (inverse of the dilated covariance) and the antialiasing
 // compensation sqrt(det(cov) / det(cov + dilation)) that keeps a small Gaussian's total
-// contribution unchanged (gsplat's "antialiased" mode). Returns false when invalid.
+// contribution unchanged (gsplat's "antialiased" mode). Returns false when invalid (a bool,
+// or a lane mask).
 template <typename T>
-RECON_HD bool conic_from_cov2d(const Sym2<T>& cov2d, Sym2<T>& conic, T& compensation, T& det) {
+RECON_HD auto conic_from_cov2d(const Sym2<T>& cov2d, Sym2<T>& conic, T& compensation, T& det) {
   const T det_orig = cov2d.a * cov2d.c - cov2d.b * cov2d.b;
   const T a = cov2d.a + T(kDilation), c = cov2d.c + T(kDilation);
   det = a * c - cov2d.b * cov2d.b;
-  const T det_c = std::fmax(det, T(kMinDet));
+  const T det_c = lane_max(det, T(kMinDet));
   conic = {c / det_c, -cov2d.b / det_c, a / det_c};
-  compensation = std::sqrt(std::fmax(det_orig / det_c, T(0)));
+  compensation = lane_sqrt(lane_max(det_orig / det_c, T(0)));
   return det > T(0);
 }
 
@@ -280,7 +289,7 @@ template <typename T>
 RECON_HD void conic_from_cov2d_vjp(const Sym2<T>& cov2d, const Sym2<T>& v_conic, T v_compensation,
                                    Sym2<T>& v_cov2d) {
   const T a = cov2d.a + T(kDilation), b = cov2d.b, c = cov2d.c + T(kDilation);
-  const T det = std::fmax(a * c - b * b, T(kMinDet));
+  const T det = lane_max(a * c - b * b, T(kMinDet));
   const T ia = c / det, ib = -b / det, ic = a / det;  // inverse [[ia, ib], [ib, ic]]
   // d(X^-1) = -X^-1 dX X^-1, G is the gradient matrix of the conic (b counted once).
   const T g00 = v_conic.a, g01 = T(0.5) * v_conic.b, g11 = v_conic.c;
@@ -292,26 +301,27 @@ RECON_HD void conic_from_cov2d_vjp(const Sym2<T>& cov2d, const Sym2<T>& v_conic,
   v_cov2d.b -= T(2) * w01;
   v_cov2d.c -= w11;
   const T det_orig = cov2d.a * cov2d.c - b * b;
-  if (v_compensation != T(0) && det_orig > T(0)) {
-    const T comp = std::sqrt(det_orig / det);
-    const T k = v_compensation / (T(2) * comp);
-    // d(det_orig / det) w.r.t. a, b, c
-    v_cov2d.a += k * (cov2d.c / det - det_orig * c / (det * det));
-    v_cov2d.b += k * (-T(2) * b / det + det_orig * T(2) * b / (det * det));
-    v_cov2d.c += k * (cov2d.a / det - det_orig * a / (det * det));
-  }
+  // Only where the compensation is live (v_compensation != 0, det_orig > 0).
+  const auto live = (v_compensation != T(0)) & (det_orig > T(0));
+  const T comp = lane_sqrt(det_orig / det);
+  const T k = v_compensation / (T(2) * comp);
+  // d(det_orig / det) w.r.t. a, b, c
+  v_cov2d.a = lane_select(live, v_cov2d.a + k * (cov2d.c / det - det_orig * c / (det * det)), v_cov2d.a);
+  v_cov2d.b =
+      lane_select(live, v_cov2d.b + k * (-T(2) * b / det + det_orig * T(2) * b / (det * det)), v_cov2d.b);
+  v_cov2d.c = lane_select(live, v_cov2d.c + k * (cov2d.a / det - det_orig * a / (det * det)), v_cov2d.c);
 }
 
 // Screen-space half extents (pixels) beyond which alpha < kAlphaThreshold.
 template <typename T>
 RECON_HD Vec2<T> screen_radius(const Sym2<T>& cov2d, T opacity) {
-  const T ratio = std::fmax(opacity / T(kAlphaThreshold), T(1));
-  const T extend = std::fmin(T(kMaxExtend), std::sqrt(T(2) * std::log(ratio)));
-  return {std::ceil(extend * std::sqrt(std::fmax(cov2d.a + T(kDilation), T(0)))),
-          std::ceil(extend * std::sqrt(std::fmax(cov2d.c + T(kDilation), T(0))))};
+  const T ratio = lane_max(opacity / T(kAlphaThreshold), T(1));
+  const T extend = lane_min(T(kMaxExtend), lane_sqrt(T(2) * lane_log(ratio)));
+  return {lane_ceil(extend * lane_sqrt(lane_max(cov2d.a + T(kDilation), T(0)))),
+          lane_ceil(extend * lane_sqrt(lane_max(cov2d.c + T(kDilation), T(0))))};
 }
 
-template <typename T> RECON_HD T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+template <typename T> RECON_HD T sigmoid(T x) { return T(1) / (T(1) + lane_exp(-x)); }
 
 // ---------------------------------------------------------------------------------------
 // Spherical harmonics (degree 0-3, real basis in the 3DGS/gsplat ordering) of the view
@@ -377,7 +387,7 @@ RECON_HD void sh_basis_grad(int degree, T x, T y, T z, Vec3<T> db[16]) {
 
 template <typename T>
 RECON_HD Vec3<T> sh_color(int degree, const Vec3<T>& dir, const T* coeffs) {
-  const T inv = T(1) / std::sqrt(dir.x * dir.x + dir.y * dir.y + dir.z * dir.z);
+  const T inv = T(1) / lane_sqrt(dir.x * dir.x + dir.y * dir.y + dir.z * dir.z);
   T b[16];
   sh_basis(degree, dir.x * inv, dir.y * inv, dir.z * inv, b);
   const int n = (degree + 1) * (degree + 1);
@@ -387,14 +397,14 @@ RECON_HD Vec3<T> sh_color(int degree, const Vec3<T>& dir, const T* coeffs) {
     g += b[k] * coeffs[3 * k + 1];
     bl += b[k] * coeffs[3 * k + 2];
   }
-  return {std::fmax(r, T(0)), std::fmax(g, T(0)), std::fmax(bl, T(0))};
+  return {lane_max(r, T(0)), lane_max(g, T(0)), lane_max(bl, T(0))};
 }
 
 // v_coeffs: [K, 3] accumulated; v_dir accumulated (zero-length directions get none).
 template <typename T>
 RECON_HD void sh_color_vjp(int degree, const Vec3<T>& dir, const T* coeffs, const Vec3<T>& v_color_in,
                            T* v_coeffs, Vec3<T>& v_dir) {
-  const T inv = T(1) / std::sqrt(dir.x * dir.x + dir.y * dir.y + dir.z * dir.z);
+  const T inv = T(1) / lane_sqrt(dir.x * dir.x + dir.y * dir.y + dir.z * dir.z);
   const T x = dir.x * inv, y = dir.y * inv, z = dir.z * inv;
   T b[16];
   sh_basis(degree, x, y, z, b);
@@ -403,8 +413,9 @@ RECON_HD void sh_color_vjp(int degree, const Vec3<T>& dir, const T* coeffs, cons
   for (int k = 0; k < n; ++k)
     for (int ch = 0; ch < 3; ++ch) raw[ch] += b[k] * coeffs[3 * k + ch];
   // The clamp at 0 passes gradient only where the colour was not clamped.
-  const T v[3] = {raw[0] >= T(0) ? v_color_in.x : T(0), raw[1] >= T(0) ? v_color_in.y : T(0),
-                  raw[2] >= T(0) ? v_color_in.z : T(0)};
+  const T v[3] = {lane_select(raw[0] >= T(0), v_color_in.x, T(0)),
+                  lane_select(raw[1] >= T(0), v_color_in.y, T(0)),
+                  lane_select(raw[2] >= T(0), v_color_in.z, T(0))};
   for (int k = 0; k < n; ++k)
     for (int ch = 0; ch < 3; ++ch) v_coeffs[3 * k + ch] += b[k] * v[ch];
   if (degree < 1) return;
