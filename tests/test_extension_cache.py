@@ -68,3 +68,17 @@ def test_changed_sources_get_their_own_folder_and_copy(monkeypatch, tmp_path, fa
     assert staged[0] != staged[1]
     assert "int y;" in (staged[1] / "src" / "binding.cpp").read_text()
     assert "int y;" not in (staged[0] / "src" / "binding.cpp").read_text()
+
+
+def test_two_torch_installs_of_one_version_do_not_share_a_build_folder(monkeypatch, tmp_path, fake_builder):
+    """The build commands name torch's include folders: sharing one folder between two venvs made
+    ninja recompile everything whenever the other venv had built last (a minute per switch)."""
+    import torch
+
+    tree = _tree(tmp_path / "checkout")
+    monkeypatch.setattr(_ext, "source_dir", lambda: tree)
+    folders = []
+    for venv in ("venv_a", "venv_b", "venv_a"):
+        monkeypatch.setattr(torch, "__file__", str(tmp_path / venv / "torch" / "__init__.py"))
+        folders.append(_ext.build_dir())
+    assert folders[0] != folders[1] and folders[0] == folders[2]

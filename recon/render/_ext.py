@@ -69,8 +69,11 @@ def build_key() -> str:
     for f in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in {".cpp", ".cu", ".h", ".cuh"}):
         h.update(str(f.relative_to(src)).encode())
         h.update(f.read_bytes())
+    # torch's install folder too: the build commands name its include and library folders, and ninja
+    # recompiles every object when a command changes, so two environments with the same torch version
+    # (a CI venv and the user's) sharing one folder rebuilt each other's binary on every alternation.
     parts = [_compiler_id(os.environ.get("CXX", "c++")), " ".join(CXX_FLAGS), platform.machine(),
-             sys.version, torch.__version__, str(torch.version.cuda)]
+             sys.version, torch.__version__, str(torch.version.cuda), str(Path(torch.__file__).resolve().parent)]
     if _want_cuda():
         parts += [_compiler_id("nvcc"), " ".join(NVCC_FLAGS)]
     h.update("\n".join(parts).encode())
