@@ -34,6 +34,19 @@ def require_extension() -> None:
         pytest.skip(f"rasteriser extension unavailable: {err}", allow_module_level=True)
 
 
+def depth_points(view, stride: int = 1):
+    """A generated view's exact depth unprojected to world points [M, 3] and their colours [M, 3]
+    (every ``stride``-th pixel with depth): a perfect stereo cloud for tests of what comes after it."""
+    import torch
+
+    ys, xs = torch.nonzero(view.depth[::stride, ::stride] > 0, as_tuple=True)
+    ys, xs = ys * stride, xs * stride
+    z = view.depth[ys, xs]
+    K, T = view.camera.K, view.camera.T_world_cam
+    rays = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(z)], -1)
+    return (rays * z[:, None]) @ T[:3, :3].T + T[:3, 3], view.image[ys, xs]
+
+
 def shared_scene(name: str) -> Path:
     """Path of ../shared/data/<name>; skip (or fail under CI) when absent."""
     path = SHARED_DATA / name

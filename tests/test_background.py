@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import depth_points
 
 from recon.errors import ConfigError
 from recon.optimise.background import fit_background
@@ -33,15 +34,6 @@ def test_config_default_keeps_the_scene_background():
     assert load_config("llff3").render.background == "mean"
 
 
-def _points(view, stride):
-    ys, xs = torch.nonzero(view.depth[::stride, ::stride] > 0, as_tuple=True)
-    ys, xs = ys * stride, xs * stride
-    z = view.depth[ys, xs]
-    K, T = view.camera.K, view.camera.T_world_cam
-    rays = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(z)], -1)
-    return (rays * z[:, None]) @ T[:3, :3].T + T[:3, 3], view.image[ys, xs]
-
-
 def test_mean_background_scores_views_beyond_the_training_frames_better():
     """Three middle views of an orbit train; the two end views see ground and sky no training
     view saw. Black there is far from the scene's colours; the training images' mean is not,
@@ -55,7 +47,7 @@ def test_mean_background_scores_views_beyond_the_training_frames_better():
 
     scene = make_synthetic_scene(seed=2, n_views=9, width=64, height=48)
     train, test = [scene.views[i] for i in (3, 4, 5)], [scene.views[i] for i in (0, 8)]
-    pts, cols = (torch.cat(t) for t in zip(*[_points(v, stride=2) for v in train]))
+    pts, cols = (torch.cat(t) for t in zip(*[depth_points(v, stride=2) for v in train]))
     cfg = load_config("fast", ["optim.iterations=120", "densify.enabled=false", "pseudo.enabled=false",
                                "depth.enabled=false", "optim.resolution_schedule=[[0,1]]", "log_every=1000",
                                "checkpoint_every=1000"])

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import depth_points
 
 from recon.optimise import losses
 from recon.optimise.sparse_view import decay_opacities_, drop_gaussians, shifted_camera
@@ -99,23 +100,13 @@ def scene():
     return make_synthetic_scene(seed=1, n_views=12, width=80, height=60)
 
 
-def _points(view, stride=1):
-    """The view's exact depth unprojected to world points [M, 3] and their colours [M, 3]."""
-    ys, xs = torch.nonzero(view.depth[::stride, ::stride] > 0, as_tuple=True)
-    ys, xs = ys * stride, xs * stride
-    z = view.depth[ys, xs]
-    K, T = view.camera.K, view.camera.T_world_cam
-    rays = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones_like(z)], -1)
-    return (rays * z[:, None]) @ T[:3, :3].T + T[:3, 3], view.image[ys, xs]
-
-
 def test_reprojected_depth_without_occluded_points_matches_the_true_depth(scene):
     from recon.geometry import zbuffer_depth
     from recon.optimise.sparse_view import drop_occluded
 
     # Points of two training views splatted into a third view: where the
     # foreground's splats leave gaps, background points show through.
-    points = torch.cat([_points(scene.views[i])[0] for i in (0, 4)])
+    points = torch.cat([depth_points(scene.views[i])[0] for i in (0, 4)])
     target = scene.views[8]
     raw = zbuffer_depth(points, target.camera)
     filtered = drop_occluded(raw)
@@ -158,7 +149,7 @@ def _fit(scene, *overrides):
     from recon.optimise.trainer import TrainData, Trainer
 
     views = [scene.views[i] for i in _TRAIN]
-    pts, cols = (torch.cat(t) for t in zip(*[_points(v, stride=2) for v in views]))
+    pts, cols = (torch.cat(t) for t in zip(*[depth_points(v, stride=2) for v in views]))
     pts = pts + 0.15 * torch.randn(pts.shape, generator=_gen(0))
     cfg = load_config("fast", [*_FIT, *overrides])
     data = TrainData(cameras=[v.camera for v in views], images=[v.image for v in views],
