@@ -63,6 +63,9 @@ class OptimConfig:
     # 3DGS's random background: each step composites the view's background (outside its object mask) and the
     # render on one random colour, so no background colour is baked into the Gaussians. Needs masks (Blender, DTU).
     random_background: bool = False
+    # torch's fused Adam (one kernel per parameter tensor, ~3x faster on CPU than the default for-loop Adam): the
+    # same update rule, float rounding differs (~1e-9 relative per step). false = torch's default implementation.
+    fused_adam: bool = True
 
 
 @dataclass
@@ -90,6 +93,9 @@ class PseudoConfig:
     # Reprojected stereo points: drop those farther than the nearest point in this window
     # (pixels), i.e. background showing through gaps of the foreground. 0 = keep all.
     occlusion_window: int = 0
+    # Render the pseudo view at 1/downscale of the training render's size (the image pyramid's level): its
+    # render and depth terms cost about 1/downscale^2 of full size. 1 = the training render's size.
+    downscale: int = 1
 
 
 @dataclass
@@ -338,6 +344,9 @@ def validate(config: FitConfig) -> None:
     sched = config.optim.resolution_schedule
     if not sched or not all(isinstance(e, (list, tuple)) and len(e) == 2 and e[1] >= 1 for e in sched):
         raise ConfigError(f"optim.resolution_schedule must be [[start_iteration, downscale >= 1], ...], got {sched!r}")
+    if config.pseudo.every < 1 or config.pseudo.downscale < 1:
+        raise ConfigError(f"pseudo.every and pseudo.downscale must be >= 1, got {config.pseudo.every} "
+                          f"and {config.pseudo.downscale}")
     if config.binocular.every < 1 or config.binocular.downscale < 1:
         raise ConfigError(f"binocular.every and binocular.downscale must be >= 1, got {config.binocular.every} "
                           f"and {config.binocular.downscale}")

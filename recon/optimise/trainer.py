@@ -119,7 +119,8 @@ class Trainer:
                 "quats": o.lr_quats, "opacities": o.lr_opacity, "sh0": o.lr_sh0, "shN": o.lr_shN}[key]
 
     def _adam(self, key: str) -> torch.optim.Adam:
-        return torch.optim.Adam([self.params[key]], lr=self._lr(key), eps=1e-15)
+        return torch.optim.Adam([self.params[key]], lr=self._lr(key), eps=1e-15,
+                                fused=True if self.cfg.optim.fused_adam else None)
 
     def gaussians(self) -> Gaussians:
         p = self.params
@@ -166,10 +167,12 @@ class Trainer:
         return interpolated_camera(self.data.cameras, self.generator, self.cfg.pseudo.jitter * self.data.scene_scale,
                                    size)
 
-    def _pseudo_loss(self, it: int, sh: int, size: tuple[int, int]) -> Tensor | None:
+    def _pseudo_loss(self, it: int, sh: int, factor: float) -> Tensor | None:
+        """factor: the training render's pyramid level this step; the pseudo view renders at factor * downscale."""
         c = self.cfg.pseudo
         if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
             return None
+        size, _, _ = self.pyramid.level(factor * c.downscale)
         cam = self._pseudo_camera(size)
         with stage("render_forward"):
             out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
@@ -278,7 +281,7 @@ class Trainer:
             terms["depth"] = self._depth_terms(depth, prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
         if (bino := self._binocular_loss(it, settings, g, cam, depth, gt, v, factor)) is not None:
             terms["binocular"] = bino
-        if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
+        if (pseudo := self._pseudo_loss(it, sh, factor)) is not None:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
             terms["diffusion"] = diff
@@ -384,6 +387,8 @@ class Trainer:
         self.optimizers = {k: self._adam(k) for k in self.params}
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
+            for group in opt.param_groups:  # the saved groups carry the saving run's choice: keep this config's
+                group["fused"] = True if self.cfg.optim.fused_adam else None
         with torch.no_grad():
             self.pose_deltas.copy_(state["pose_deltas"])
         self.pose_opt.load_state_dict(state["pose_opt"])
