@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.geometry import se3_exp, zbuffer_depth
+from recon.geometry import zbuffer_depth
 from recon.optimise import losses, sparse_view
+from recon.optimise.camera_refinement import CameraRefinement
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
@@ -58,11 +59,12 @@ class TrainData:
 @dataclass
 class TrainResult:
     gaussians: Gaussians  # detached
-    cameras: list[Camera]  # training cameras after pose refinement
+    cameras: list[Camera]  # training cameras after pose (and focal) refinement
     history: list[dict]
     iteration: int
     seconds: float
     stopped: bool  # True when a FitControl stopped it early
+    camera_refinement: dict | None = None  # CameraRefinement.record(): what was refined, initial/final focal
 
 
 class Trainer:
@@ -77,6 +79,7 @@ class Trainer:
         control: FitControl | None = None,
         checkpoint_fn: Callable[[dict], None] | None = None,
         refine_poses: bool = False,
+        refine_focal: bool = False,  # one focal scale per intrinsics group (recon.optimise.camera_refinement)
         depth_model=None,  # recon.priors.depth.DepthPrior for pseudo views, or None
         refiner=None,  # recon.priors.diffusion.Img2ImgRefiner, or None
         run_dir: str = "",
@@ -94,8 +97,9 @@ class Trainer:
         self.params = self._make_params(gaussians)
         self.optimizers = {k: self._adam(k) for k in self.params}
         V = len(data.cameras)
-        self.pose_deltas = torch.nn.Parameter(torch.zeros(V, 6))  # [V, 6] (rotation, translation)
-        self.pose_opt = torch.optim.Adam([self.pose_deltas], lr=config.pose.lr, eps=1e-15)
+        self.camera_refinement = CameraRefinement(data.cameras, poses=refine_poses, focal=refine_focal,
+                                                  pose_lr=config.pose.lr, focal_lr=config.pose.focal_lr,
+                                                  start=config.pose.start, focal_start=config.pose.focal_start)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
         cam0 = data.cameras[0]
@@ -126,15 +130,17 @@ class Trainer:
         p = self.params
         return Gaussians(p["means"], p["scales"], p["quats"], p["opacities"], torch.cat([p["sh0"], p["shN"]], 1))
 
+    @property
+    def pose_deltas(self) -> torch.nn.Parameter:  # [V, 6]
+        return self.camera_refinement.pose_deltas
+
     def train_camera(self, v: int, size: tuple[int, int] | None = None) -> Camera:
-        """Training camera v with its refined pose (T = se3_exp(delta_v) @ T_init), at ``size``."""
+        """Training camera v as it is rendered, with its refined pose (T = se3_exp(delta_v) @ T_init)
+        and focal (recon.optimise.camera_refinement), at ``size``."""
         cam = self.data.cameras[v]
         if size is not None and size != (cam.width, cam.height):
             cam = cam.scaled(*size)
-        if not self.refine_poses or v == 0:  # view 0 fixes the gauge
-            return cam
-        T_delta = se3_exp(self.pose_deltas[v])  # [4, 4]
-        return Camera(cam.K, T_delta @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
+        return self.camera_refinement.render_camera(v, cam)
 
     def render_settings(self, sh: int) -> RenderSettings:
         """How the fit renders at SH degree ``sh`` (backend, antialiasing, background)."""
@@ -297,9 +303,7 @@ class Trainer:
             for opt in self.optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            if self.refine_poses and it >= cfg.pose.start:
-                self.pose_opt.step()
-            self.pose_opt.zero_grad(set_to_none=True)
+            self.camera_refinement.step(it)
         if info is not None:
             with stage("densify"):
                 self.densifier.post_backward(self.params, self.optimizers, it, info)
@@ -361,13 +365,9 @@ class Trainer:
                 with stage("checkpoint"):
                     self.checkpoint_fn(self.state_dict())
             end_iteration()
-        return TrainResult(self.gaussians().detach(), [self._detached_camera(v) for v in range(len(self.data.cameras))],
-                           self.history, self.iteration, self.seconds, stopped)
-
-    def _detached_camera(self, v: int) -> Camera:
-        with torch.no_grad():
-            cam = self.train_camera(v)
-        return Camera(cam.K, cam.T_cam_world.detach().clone(), cam.width, cam.height, cam.distortion)
+        cams = [self.camera_refinement.refined_camera(v) for v in range(len(self.data.cameras))]
+        return TrainResult(self.gaussians().detach(), cams, self.history, self.iteration, self.seconds, stopped,
+                           self.camera_refinement.record())
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -376,7 +376,7 @@ class Trainer:
             "params": {k: p.detach().clone() for k, p in self.params.items()},
             # deep copies: Adam updates its moments in place after this snapshot
             "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
-            "pose_deltas": self.pose_deltas.detach().clone(), "pose_opt": copy.deepcopy(self.pose_opt.state_dict()),
+            **self.camera_refinement.state_dict(),  # pose_deltas, pose_opt, log_focal, focal_opt
             "densify": self.densifier.state_dict(), "generator": self.generator.get_state(),
         }
 
@@ -389,8 +389,6 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][k])
             for group in opt.param_groups:  # the saved groups carry the saving run's choice: keep this config's
                 group["fused"] = True if self.cfg.optim.fused_adam else None
-        with torch.no_grad():
-            self.pose_deltas.copy_(state["pose_deltas"])
-        self.pose_opt.load_state_dict(state["pose_opt"])
+        self.camera_refinement.load_state_dict(state)
         self.densifier.load_state_dict(state["densify"])
         self.generator.set_state(state["generator"])
