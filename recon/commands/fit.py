@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--views", type=int, default=None, help="number of training views (default: config data.views)")
     p.add_argument("--config", default=None, metavar="NAME|PATH",
                    help="preset in configs/ (default, fast, generic, synthetic, llff3, dtu3, blender8, spare3, "
-                        "spare9) or a YAML file (default: picked for the scene's format and protocol)")
+                        "spare9) or a YAML file (default: picked for the scene's format and protocol); "
+                        "quality: the quality variant of the preset picked for the scene (configs/quality-*.yaml, "
+                        "a longer fit)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.iterations=500 --set depth.enabled=false")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<scene>-<time>)")
@@ -176,10 +178,11 @@ def _fit(args: argparse.Namespace, listeners: list, control) -> tuple[Path, str 
         raise ConfigError("recon fit needs a SCENE (a folder or builtin:synthetic), or --resume RUN")
     preset = args.config
     chosen = {"name": preset, "reason": "given with --config"}
-    if preset is None:
-        from recon.optimise.presets import choose_preset
+    from recon.optimise.presets import QUALITY, choose_preset
 
-        choice = choose_preset(args.scene, format=args.format, protocol=args.protocol, views=args.views)
+    if preset in (None, QUALITY):  # quality: the quality variant of the preset the scene gets
+        choice = choose_preset(args.scene, format=args.format, protocol=args.protocol, views=args.views,
+                               quality=preset == QUALITY)
         preset, chosen = choice.name, choice.record()
         if not args.quiet:
             print(choice.message())

@@ -137,7 +137,12 @@ def get_suite(name: str | Suite) -> Suite:
 
 def suite_config(suite: Suite, config: str | None) -> str | None:
     """The fit preset of a bench: the one asked for, else the preset named after the suite
-    (configs/<suite>.yaml: its resolution and protocol), else the dataclass defaults."""
+    (configs/<suite>.yaml: its resolution and protocol), else the dataclass defaults;
+    ``quality``: the quality variant of the suite's preset (recon.optimise.presets.quality_variant)."""
+    from recon.optimise.presets import QUALITY, quality_variant
+
+    if config == QUALITY:
+        return quality_variant(suite.name)
     if config:
         return config
     from recon.optimise.config import preset_path

@@ -283,8 +283,12 @@ def preset_path(name: str) -> Path:
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    known = sorted({p.stem for d in _PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"config {name!r} is neither a YAML file nor a preset; presets: {', '.join(known)}")
+    raise ConfigError(f"config {name!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}")
+
+
+def preset_names() -> list[str]:
+    """The presets in configs/, sorted."""
+    return sorted({p.stem for d in _PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
 
 
 def _read_layers(name: str, seen: tuple[str, ...] = ()) -> list[dict]:

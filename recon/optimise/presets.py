@@ -4,6 +4,11 @@ scene's format and protocol (LLFF 3-view -> ``llff3``, DTU -> ``dtu3``, Blender 
 else -> ``generic``: a custom capture at a working resolution and budget that fit on a CPU
 in minutes).
 
+``--config quality`` asks for the same choice at the larger budget: the quality variant
+``configs/quality-<preset>.yaml`` of the preset the scene would get (``base: <preset>`` plus
+what the longer fit changes, chosen on validation views; at most ~15 min on 2 CPU cores).
+A preset without a quality variant is a ConfigError naming those that have one.
+
 The choice is made before the scene is loaded (the preset decides the resolution it loads
 at), from the format detection and a cheap look at the camera files, never the images.
 """
@@ -15,12 +20,16 @@ from pathlib import Path
 
 from recon.data import BUILTIN_PREFIX, detect_format
 from recon.data.splits import BLENDER8_TRAIN, DTU_VIEWS
+from recon.errors import ConfigError
+from recon.optimise.config import preset_names, preset_path
 
 # protocol -> preset (a protocol the preset was tuned and benchmarked for)
 PRESET_FOR_PROTOCOL = {"llff": "llff3", "dtu": "dtu3", "blender8": "blender8"}
 SPARE_PRESETS = ((3, "spare3"), (9, "spare9"))  # (most training views, preset)
 SYNTHETIC_PRESET = "synthetic"
 GENERIC_PRESET = "generic"
+QUALITY = "quality"  # --config quality: the quality variant of the preset the scene gets
+QUALITY_PREFIX = "quality-"
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,32 @@ class PresetChoice:
         return {"name": self.name, "reason": f"picked for this scene: {self.reason}"}
 
 
+def quality_variant(preset: str) -> str:
+    """``quality-<preset>``, the larger-budget variant of ``preset``; ConfigError when it has none."""
+    name = QUALITY_PREFIX + preset
+    try:
+        preset_path(name)
+    except ConfigError:
+        have = [p.removeprefix(QUALITY_PREFIX) for p in preset_names() if p.startswith(QUALITY_PREFIX)]
+        raise ConfigError(f"--config quality: the {preset} preset has no quality variant (configs/{name}.yaml); "
+                          f"quality variants exist for: {', '.join(have) or 'none'}; pass --config {preset} "
+                          f"for its CPU-minutes budget") from None
+    return name
+
+
 def choose_preset(scene_spec: str, *, format: str | None = None, protocol: str | None = None,
-                  views: int | None = None) -> PresetChoice:
+                  views: int | None = None, quality: bool = False) -> PresetChoice:
     """The preset for fitting ``scene_spec`` with ``views`` training views under ``protocol``
-    (None: the format's usual protocol). SceneError when the folder is not a scene."""
+    (None: the format's usual protocol); with ``quality``, its quality variant. SceneError when
+    the folder is not a scene, ConfigError when the preset has no quality variant."""
+    choice = _choose_preset(scene_spec, format=format, protocol=protocol, views=views)
+    if not quality:
+        return choice
+    return PresetChoice(quality_variant(choice.name), choice.format, choice.protocol,
+                        f"{choice.reason}, quality budget (--config quality)")
+
+
+def _choose_preset(scene_spec: str, *, format: str | None, protocol: str | None, views: int | None) -> PresetChoice:
     spec = str(scene_spec)
     if spec.startswith(BUILTIN_PREFIX):
         format = "synthetic"
