@@ -241,10 +241,11 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     p = _prepare(spec, run, cfg)
     render_fn = lambda *a, **k: render_module.render(*a, **k)  # noqa: E731  looked up late (tests swap it)
     refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not p.scene.posed)
+    refine_focal = cfg.pose.refine_focal == "on" or (cfg.pose.refine_focal == "auto" and not p.scene.posed)
     log = run_outputs.RunLog(run / "log.jsonl", cfg.log_every)
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
-                          refine_poses=refine_poses, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
+                          refine_poses=refine_poses, refine_focal=refine_focal, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
         initial = resumed = None
         earlier, session = 0.0, 1  # wall time of earlier sessions, up to the checkpoint resumed from
         if resume:
@@ -284,6 +285,12 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
             from recon.priors.poses import follow_refined_training
 
             cams, p.scene.meta["poses"]["test_follow_refinement"] = follow_refined_training(
+                [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
+            test = [replace(v, camera=c) for v, c in zip(test, cams)]
+        if refine_focal and test:  # test views sharing a training view's intrinsics take its refined focal
+            from recon.optimise.camera_refinement import follow_refined_intrinsics
+
+            cams, result.camera_refinement["test_focal_scales"] = follow_refined_intrinsics(
                 [v.camera for v in test], [v.camera for v in p.train], list(result.cameras))
             test = [replace(v, camera=c) for v, c in zip(test, cams)]
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
@@ -333,6 +340,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                            "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
                            "poses": scene.meta.get("poses")}
     metrics["fallbacks"] = fallbacks
+    metrics["camera_refinement"] = result.camera_refinement
     # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).
     metrics["data"] = {"format": scene.format, "resolution": scene.meta.get("resolution"),
                        "undistorted_views": scene.meta.get("undistorted_views", 0),

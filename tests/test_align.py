@@ -157,3 +157,16 @@ def test_unposed_run_is_scored_in_the_ground_truth_frame(tmp_path):
     refined = evaluate_unposed(run, str(tmp_path / "data" / "s"), gt_format="spare", refine_steps=2)
     assert refined["test_pose_refined"] is True and len(refined["refinement"]) == 2
     assert json.loads((run / "metrics.json").read_text())["test_aligned"]["test_pose_refined"] is True
+
+    # The background the fit rendered (metrics.json), not the ground-truth scene's: llff3 fits on the mean
+    # colour. Fainter Gaussians here, so the background shows through.
+    faint = Gaussians(est.means, est.log_scales, est.quats, est.opacity_logits - 4.0, est.sh)
+    write_ply(run / "point_cloud.ply", faint)
+    grey = (0.5, 0.4, 0.3)
+    (run / "metrics.json").write_text(json.dumps({"protocol": {"render_settings": {"background": list(grey)}}}))
+    on_grey = evaluate_unposed(run, str(tmp_path / "data" / "s"), gt_format="spare")
+    g_faint = Gaussians(g.means, g.log_scales, g.quats, g.opacity_logits - 4.0, g.sh)
+    scores = {bg: sum(psnr(render(g_faint, [gt.views[i].camera], RenderSettings(background=bg)).rgb[0].clamp(0, 1),
+                           gt.views[i].image) for i in (1, 3)) / 2 for bg in (grey, (0.0, 0.0, 0.0))}
+    assert on_grey["metrics"]["psnr"] == pytest.approx(scores[grey], abs=0.02)
+    assert abs(scores[grey] - scores[(0.0, 0.0, 0.0)]) > 0.1  # the background shows

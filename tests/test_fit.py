@@ -241,7 +241,8 @@ def test_recon_fit_end_to_end(tmp_path, capsys):
     args = ["fit", "builtin:synthetic", "--views", "5", "--config", "fast", "--out", str(run), "--no-progress",
             "--set", "data.width=40", "--set", "data.options.n_views=8", "--set", "optim.iterations=60",
             "--set", "init.method=random", "--set", "init.random_points=800", "--set", "checkpoint_every=20",
-            "--set", "densify.refine_start=20", "--set", "densify.refine_every=20", "--set", "pseudo.start=10"]
+            "--set", "densify.refine_start=20", "--set", "densify.refine_every=20", "--set", "pseudo.start=10",
+            "--set", "pose.refine_focal=auto"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "PSNR" in out and "Gaussians" in out and str(run / "report.html") in out  # the summary names the report
@@ -256,6 +257,10 @@ def test_recon_fit_end_to_end(tmp_path, capsys):
     assert metrics["protocol"]["views"] == 5 and metrics["protocol"]["resolution"] == [40, 30]
     assert metrics["num_gaussians"] == len(read_ply(run / "point_cloud.ply"))
     assert metrics["fit_seconds"] > 0 and metrics["peak_rss_bytes"] > 0
+    # A posed dataset's cameras are taken as given: pose.refine and pose.refine_focal "auto" leave them.
+    refined = metrics["camera_refinement"]
+    assert refined["poses"] is False and refined["focal"] is False and "test_focal_scales" not in refined
+    assert [(g["initial_fx"], g["scale"]) for g in refined["focal_groups"]] == [(refined["focal_groups"][0]["final_fx"], 1.0)]
     cams = json.loads((run / "cameras.json").read_text())["cameras"]
     assert sorted(c["split"] for c in cams) == ["test"] * 3 + ["train"] * 5
     scene_rec = json.loads((run / "scene.json").read_text())
@@ -288,7 +293,7 @@ def test_unposed_folder_recovers_poses_and_fits(tmp_path):
         shutil.copy(fern / name, photos / name)
     config = load_config("fast", ["data.width=252", "optim.iterations=40", "init.method=random",
                                   "init.random_points=2000", "checkpoint_every=40", "pseudo.enabled=false",
-                                  "depth.enabled=false"])
+                                  "depth.enabled=false", "pose.refine_focal=auto"])
     run = fit_scene(str(photos), out_dir=tmp_path / "run", config=config, views=3)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"]["posed"] is False
@@ -296,3 +301,10 @@ def test_unposed_folder_recovers_poses_and_fits(tmp_path):
     assert metrics["test"]["psnr"] > metrics["test_initial"]["psnr"]
     cams = json.loads((run / "cameras.json").read_text())["cameras"]
     assert len(cams) == 5 and all(abs(c["K"][0][0] - c["K"][1][1]) < 1e-3 * c["K"][0][0] for c in cams)
+    # The SfM focal is refined with the poses (pose.refine_focal=auto), one scale for the shared camera,
+    # and the registered test views (same camera) render with the refined focal.
+    (group,) = metrics["camera_refinement"]["focal_groups"]
+    assert metrics["camera_refinement"]["focal"] is True and group["views"] == [0, 1, 2]
+    assert group["initial_fx"] == pytest.approx(metrics["protocol"]["poses"]["train_poses"]["focal_px"], abs=0.01)
+    assert metrics["camera_refinement"]["test_focal_scales"] == [pytest.approx(group["scale"])] * 2
+    assert all(c["K"][0][0] == pytest.approx(group["final_fx"], rel=1e-5) for c in cams)

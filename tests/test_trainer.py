@@ -198,3 +198,58 @@ def test_training_psnr_is_computed_on_logged_steps_only():
     assert [h["psnr"] for h in result.history] == [events[0], events[2], events[5], events[6]]
     assert events[1] == events[0] and events[3] == events[4] == events[2]
     assert len({events[0], events[2], events[5], events[6]}) == 4  # a new readout on each logged step
+
+
+def _pseudo_trainer(downscale: int, render_fn) -> Trainer:
+    cfg = load_config("default", ["render.backend=reference", "densify.enabled=false", "regularise.enabled=false",
+                                  "binocular.enabled=false", "pseudo.start=0", "pseudo.every=1",
+                                  f"pseudo.downscale={downscale}"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    g = random_gaussians(60, seed=1, sh_degree=0, grad=False)
+    data = TrainData(cameras=cams, images=images, names=["a", "b"], prior_points=g.means.clone())
+    return Trainer(cfg, g, data, render_fn=render_fn)
+
+
+def test_pseudo_downscale_renders_the_pseudo_view_at_the_coarser_level():
+    from recon.errors import ConfigError
+    from recon.render import render
+
+    for downscale, expected in ((1, [(24, 16), (24, 16)]), (2, [(24, 16), (12, 8)])):
+        sizes = []
+
+        def spy(g, cs, settings, sizes=sizes):
+            sizes.append((cs[0].width, cs[0].height))
+            return render(g, cs, settings)
+
+        record = _pseudo_trainer(downscale, spy).step(1)
+        assert "pseudo" in record
+        assert sizes == expected  # the training render, then the pseudo view's
+    with pytest.raises(ConfigError, match="pseudo.every and pseudo.downscale"):
+        load_config("default", ["pseudo.downscale=0"])
+
+
+def _adam_trainer(fused: bool) -> Trainer:
+    cfg = load_config("default", ["render.backend=reference", "densify.enabled=false", "depth.enabled=false",
+                                  "pseudo.enabled=false", f"optim.fused_adam={str(fused).lower()}"])
+    cams = cameras(24, 16, n=2)
+    images = [torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    return Trainer(cfg, random_gaussians(60, seed=1, sh_degree=0, grad=False),
+                   TrainData(cameras=cams, images=images, names=["a", "b"]))
+
+
+def test_fused_adam_is_the_default_and_takes_the_same_steps_as_torch_adam():
+    fused, plain = _adam_trainer(True), _adam_trainer(False)
+    assert all(o.param_groups[0]["fused"] is True for o in fused.optimizers.values())
+    assert all(not o.param_groups[0]["fused"] for o in plain.optimizers.values())
+    for it in (1, 2, 3):
+        fused.step(it)
+        plain.step(it)
+    for key, p in fused.params.items():  # one update rule: only float rounding differs
+        assert torch.allclose(p, plain.params[key], rtol=1e-5, atol=1e-6), key
+    # a checkpoint of the torch-Adam run resumes with this config's (fused) optimiser
+    resumed = _adam_trainer(True)
+    resumed.load_state_dict(plain.state_dict())
+    assert all(o.param_groups[0]["fused"] is True for o in resumed.optimizers.values())
+    resumed.step(4)
+    assert resumed.is_finite()

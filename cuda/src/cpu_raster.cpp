@@ -178,13 +178,23 @@ void cpu_bin_and_sort(const TileParams& p, const T* means2d, const int32_t* radi
   // Counting sort by (camera, tile) of the Gaussians taken in depth order: every tile's list
   // comes out sorted by depth, then index, with no per-tile sort.
   const std::vector<int64_t> order = depth_order(int64_t(p.C) * p.N, radii, depths);
+  // Tile ranges in depth order, computed once: the sort's two passes (count, place) both read them, in
+  // order, instead of each gathering means2d and radii at the random indices of the depth order.
+  const int64_t n_visible = int64_t(order.size());
+  std::unique_ptr<TileRange[]> tile_ranges(new TileRange[size_t(n_visible)]);
+  TileRange* ranges_out = tile_ranges.get();
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n_visible; ++j) {
+    const int64_t i = order[size_t(j)];
+    ranges_out[j] = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
+  }
   auto tiles_of = [&](int64_t j, const auto& emit) {
     const int64_t i = order[size_t(j)], base = (i / p.N) * n_tiles;
-    const TileRange r = tile_range(p, means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1]);
+    const TileRange& r = tile_ranges[size_t(j)];
     for (int ty = r.y0; ty < r.y1; ++ty)
       for (int tx = r.x0; tx < r.x1; ++tx) emit(base + int64_t(ty) * p.tiles_x() + tx);
   };
-  stable_counting_sort(int64_t(order.size()), n_tiles * p.C, tiles_of, tile_offsets,
+  stable_counting_sort(n_visible, n_tiles * p.C, tiles_of, tile_offsets,
                        [&](int64_t pos, int64_t j) { flat_ids[pos] = int32_t(order[size_t(j)] % p.N); });
 }
 

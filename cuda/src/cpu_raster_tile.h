@@ -31,6 +31,9 @@ constexpr int kGradSlots = 10;
 // Gaussians in depth order, i.e. at random addresses, and each visit is short.
 constexpr int kPrefetchAhead = 8;
 
+// Entries of a tile's list between two recounts of its still-blending pixels (forward_tile).
+constexpr int kLiveRecount = 16;
+
 // One screen-space Gaussian as the tile loops read it, built once per call (pack_splat):
 // gathering an entry of a tile's list then touches one 64-byte record (for float) instead of
 // six arrays at a random index.
@@ -189,19 +192,36 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
   // has one width).
   alignas(64) T Tr[P], ar[P], ag[P], ab[P], ad[P], live[P], last[P];
   alignas(64) T lane_blended[TS] = {};  // blended pairs per lane position (summed at the end)
-  int row_live[TS];                     // still-blending pixels per row: a row with none is skipped
   for (int q = 0; q < P; ++q) {
     Tr[q] = T(1);
     live[q] = (q % TS < tile.w && q / TS < tile.h) ? T(1) : T(0);
     ar[q] = ag[q] = ab[q] = ad[q] = T(0);
     last[q] = T(n);
   }
-  for (int y = 0; y < TS; ++y) row_live[y] = y < tile.h ? tile.w : 0;
-  uint32_t live_rows = tile.h >= 32 ? ~0u : (1u << tile.h) - 1u;  // bits of the rows with row_live > 0
+  // Rows with a still-blending pixel (a row with none is skipped) and the count of such pixels (the tile
+  // stops at 0), recounted from `live` every kLiveRecount entries rather than per row: a horizontal sum
+  // per row cost more than a tenth of the row's work, and a stale count only blends nothing a few times.
+  uint32_t live_rows = tile.h >= 32 ? ~0u : (1u << tile.h) - 1u;
   int n_live = tile.w * tile.h;
+  auto recount = [&]() {
+    uint32_t rows = 0;
+    int count = 0;
+    for (uint32_t r = live_rows; r != 0; r &= r - 1) {
+      const int y = __builtin_ctz(r);
+      const T* __restrict lv = live + y * TS;
+      int c = 0;
+#pragma omp simd reduction(+ : c)
+      for (int x = 0; x < TS; ++x) c += lv[x] > T(0) ? 1 : 0;
+      rows |= c > 0 ? 1u << y : 0u;
+      count += c;
+    }
+    live_rows = rows;
+    n_live = count;
+  };
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
   for (int64_t k = 0; k < n && n_live > 0; ++k) {
+    if (k % kLiveRecount == kLiveRecount - 1) recount();
     if (k + kPrefetchAhead < n) __builtin_prefetch(g + ids[k + kPrefetchAhead]);
     Splat<T> s;
     if (!gather(g, ids[k], tile, s)) continue;
@@ -223,9 +243,7 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
       T* __restrict lv = live + y * TS;
       T* __restrict ls = last + y * TS;
       T* __restrict nb = lane_blended;
-      // An integer count: a float reduction here is summed lane by lane, in order.
-      int newly_done = 0;
-#pragma omp simd reduction(+ : newly_done)
+#pragma omp simd
       for (int x = 0; x < TS; ++x) {
         const T dx = mx - (x0 + T(x));
         // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
@@ -247,12 +265,8 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
         // kk where it stopped, as arithmetic on the 0/1 flag (exact: both values are finite):
         // written as a select, GCC does not vectorise this loop for SSE2 (the generic build).
         ls[x] = termf * kk + (T(1) - termf) * ls[x];
-        newly_done += termf > T(0) ? 1 : 0;
         nb[x] += blendf;
       }
-      row_live[y] -= newly_done;
-      if (row_live[y] == 0) live_rows &= ~(1u << y);
-      n_live -= newly_done;
     }
   }
   for (int y = 0; y < tile.h; ++y)

@@ -175,7 +175,13 @@ def evaluate_unposed(
     sim = Similarity.from_cameras([train[n] for n in names], [gt_views[n].camera for n in names])
     errors = pose_errors([train[n] for n in names], [gt_views[n].camera for n in names], sim)
     gaussians = read_ply(run / "point_cloud.ply")
-    settings = RenderSettings(background=tuple(gt.background or (0.0, 0.0, 0.0)))
+    # the background the fit rendered (llff3: the training images' mean colour), as `recon eval` does;
+    # the ground-truth scene's only for a run folder without metrics.json
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    fitted = (metrics.get("protocol") or {}).get("render_settings") or {}
+    settings = RenderSettings(background=tuple(fitted.get("background") or gt.background or (0.0, 0.0, 0.0)),
+                              antialiased=bool(fitted.get("antialiased", RenderSettings().antialiased)))
     width, height = record.get("image_size") or (None, None)
     preds, gts, refinements = {}, {}, []
     for name in record.get("test_names", []):
@@ -198,8 +204,6 @@ def evaluate_unposed(
               "train_pose_errors": errors, "aligned_on": "training cameras (orientation mean + centre fit)",
               "test_poses": "GT aligned via training cameras" + (" +photometric refinement" if refine_steps > 0 else ""),
               "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene)}
-    metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["test_aligned"] = result
     metrics_path.write_text(json.dumps(metrics, indent=2))
     return result

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ConfigError, ReconError
-from recon.geometry import se3_exp, zbuffer_depth
+from recon.geometry import zbuffer_depth
 from recon.optimise import losses, sparse_view
+from recon.optimise.camera_refinement import CameraRefinement
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
@@ -58,11 +59,12 @@ class TrainData:
 @dataclass
 class TrainResult:
     gaussians: Gaussians  # detached
-    cameras: list[Camera]  # training cameras after pose refinement
+    cameras: list[Camera]  # training cameras after pose (and focal) refinement
     history: list[dict]
     iteration: int
     seconds: float
     stopped: bool  # True when a FitControl stopped it early
+    camera_refinement: dict | None = None  # CameraRefinement.record(): what was refined, initial/final focal
 
 
 class Trainer:
@@ -77,6 +79,7 @@ class Trainer:
         control: FitControl | None = None,
         checkpoint_fn: Callable[[dict], None] | None = None,
         refine_poses: bool = False,
+        refine_focal: bool = False,  # one focal scale per intrinsics group (recon.optimise.camera_refinement)
         depth_model=None,  # recon.priors.depth.DepthPrior for pseudo views, or None
         refiner=None,  # recon.priors.diffusion.Img2ImgRefiner, or None
         run_dir: str = "",
@@ -94,8 +97,9 @@ class Trainer:
         self.params = self._make_params(gaussians)
         self.optimizers = {k: self._adam(k) for k in self.params}
         V = len(data.cameras)
-        self.pose_deltas = torch.nn.Parameter(torch.zeros(V, 6))  # [V, 6] (rotation, translation)
-        self.pose_opt = torch.optim.Adam([self.pose_deltas], lr=config.pose.lr, eps=1e-15)
+        self.camera_refinement = CameraRefinement(data.cameras, poses=refine_poses, focal=refine_focal,
+                                                  pose_lr=config.pose.lr, focal_lr=config.pose.focal_lr,
+                                                  start=config.pose.start, focal_start=config.pose.focal_start)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
         cam0 = data.cameras[0]
@@ -119,21 +123,24 @@ class Trainer:
                 "quats": o.lr_quats, "opacities": o.lr_opacity, "sh0": o.lr_sh0, "shN": o.lr_shN}[key]
 
     def _adam(self, key: str) -> torch.optim.Adam:
-        return torch.optim.Adam([self.params[key]], lr=self._lr(key), eps=1e-15)
+        return torch.optim.Adam([self.params[key]], lr=self._lr(key), eps=1e-15,
+                                fused=True if self.cfg.optim.fused_adam else None)
 
     def gaussians(self) -> Gaussians:
         p = self.params
         return Gaussians(p["means"], p["scales"], p["quats"], p["opacities"], torch.cat([p["sh0"], p["shN"]], 1))
 
+    @property
+    def pose_deltas(self) -> torch.nn.Parameter:  # [V, 6]
+        return self.camera_refinement.pose_deltas
+
     def train_camera(self, v: int, size: tuple[int, int] | None = None) -> Camera:
-        """Training camera v with its refined pose (T = se3_exp(delta_v) @ T_init), at ``size``."""
+        """Training camera v as it is rendered, with its refined pose (T = se3_exp(delta_v) @ T_init)
+        and focal (recon.optimise.camera_refinement), at ``size``."""
         cam = self.data.cameras[v]
         if size is not None and size != (cam.width, cam.height):
             cam = cam.scaled(*size)
-        if not self.refine_poses or v == 0:  # view 0 fixes the gauge
-            return cam
-        T_delta = se3_exp(self.pose_deltas[v])  # [4, 4]
-        return Camera(cam.K, T_delta @ cam.T_cam_world, cam.width, cam.height, cam.distortion)
+        return self.camera_refinement.render_camera(v, cam)
 
     def render_settings(self, sh: int) -> RenderSettings:
         """How the fit renders at SH degree ``sh`` (backend, antialiasing, background)."""
@@ -166,10 +173,12 @@ class Trainer:
         return interpolated_camera(self.data.cameras, self.generator, self.cfg.pseudo.jitter * self.data.scene_scale,
                                    size)
 
-    def _pseudo_loss(self, it: int, sh: int, size: tuple[int, int]) -> Tensor | None:
+    def _pseudo_loss(self, it: int, sh: int, factor: float) -> Tensor | None:
+        """factor: the training render's pyramid level this step; the pseudo view renders at factor * downscale."""
         c = self.cfg.pseudo
         if not (c.enabled and self._depth_active(it) and it >= c.start and it % c.every == 0):
             return None
+        size, _, _ = self.pyramid.level(factor * c.downscale)
         cam = self._pseudo_camera(size)
         with stage("render_forward"):
             out = self.render_fn(self.gaussians(), [cam], self.render_settings(sh))
@@ -278,7 +287,7 @@ class Trainer:
             terms["depth"] = self._depth_terms(depth, prior[0], prior[1], 1.0, metric=cfg.depth.model is None)
         if (bino := self._binocular_loss(it, settings, g, cam, depth, gt, v, factor)) is not None:
             terms["binocular"] = bino
-        if (pseudo := self._pseudo_loss(it, sh, size)) is not None:
+        if (pseudo := self._pseudo_loss(it, sh, factor)) is not None:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
             terms["diffusion"] = diff
@@ -294,9 +303,7 @@ class Trainer:
             for opt in self.optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            if self.refine_poses and it >= cfg.pose.start:
-                self.pose_opt.step()
-            self.pose_opt.zero_grad(set_to_none=True)
+            self.camera_refinement.step(it)
         if info is not None:
             with stage("densify"):
                 self.densifier.post_backward(self.params, self.optimizers, it, info)
@@ -358,13 +365,9 @@ class Trainer:
                 with stage("checkpoint"):
                     self.checkpoint_fn(self.state_dict())
             end_iteration()
-        return TrainResult(self.gaussians().detach(), [self._detached_camera(v) for v in range(len(self.data.cameras))],
-                           self.history, self.iteration, self.seconds, stopped)
-
-    def _detached_camera(self, v: int) -> Camera:
-        with torch.no_grad():
-            cam = self.train_camera(v)
-        return Camera(cam.K, cam.T_cam_world.detach().clone(), cam.width, cam.height, cam.distortion)
+        cams = [self.camera_refinement.refined_camera(v) for v in range(len(self.data.cameras))]
+        return TrainResult(self.gaussians().detach(), cams, self.history, self.iteration, self.seconds, stopped,
+                           self.camera_refinement.record())
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -373,7 +376,7 @@ class Trainer:
             "params": {k: p.detach().clone() for k, p in self.params.items()},
             # deep copies: Adam updates its moments in place after this snapshot
             "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
-            "pose_deltas": self.pose_deltas.detach().clone(), "pose_opt": copy.deepcopy(self.pose_opt.state_dict()),
+            **self.camera_refinement.state_dict(),  # pose_deltas, pose_opt, log_focal, focal_opt
             "densify": self.densifier.state_dict(), "generator": self.generator.get_state(),
         }
 
@@ -384,8 +387,8 @@ class Trainer:
         self.optimizers = {k: self._adam(k) for k in self.params}
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
-        with torch.no_grad():
-            self.pose_deltas.copy_(state["pose_deltas"])
-        self.pose_opt.load_state_dict(state["pose_opt"])
+            for group in opt.param_groups:  # the saved groups carry the saving run's choice: keep this config's
+                group["fused"] = True if self.cfg.optim.fused_adam else None
+        self.camera_refinement.load_state_dict(state)
         self.densifier.load_state_dict(state["densify"])
         self.generator.set_state(state["generator"])

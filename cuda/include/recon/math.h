@@ -137,15 +137,16 @@ template <typename T>
 RECON_HD void covariance_vjp(const Mat3<T>& R, const T log_scale[3], const Mat3<T>& v_cov, Mat3<T>& v_R,
                              T v_log_scale[3]) {
   Mat3<T> M, S;
+  T scale[3];  // exp(log_scale), once per axis
   for (int j = 0; j < 3; ++j) {
-    const T s = lane_exp(log_scale[j]);
-    for (int i = 0; i < 3; ++i) M.m[i][j] = R.m[i][j] * s;
+    scale[j] = lane_exp(log_scale[j]);
+    for (int i = 0; i < 3; ++i) M.m[i][j] = R.m[i][j] * scale[j];
   }
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) S.m[i][j] = v_cov.m[i][j] + v_cov.m[j][i];
   const Mat3<T> v_M = matmul(S, M);  // d(M M^T) -> (V + V^T) M
   for (int j = 0; j < 3; ++j) {
-    const T s = lane_exp(log_scale[j]);
+    const T s = scale[j];
     T acc = T(0);
     for (int i = 0; i < 3; ++i) {
       v_R.m[i][j] += v_M.m[i][j] * s;
