@@ -240,8 +240,9 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     t0 = time.perf_counter()
     p = _prepare(spec, run, cfg)
     render_fn = lambda *a, **k: render_module.render(*a, **k)  # noqa: E731  looked up late (tests swap it)
-    refine_poses = cfg.pose.refine == "on" or (cfg.pose.refine == "auto" and not p.scene.posed)
-    refine_focal = cfg.pose.refine_focal == "on" or (cfg.pose.refine_focal == "auto" and not p.scene.posed)
+    # auto: refine the cameras of scenes whose poses were recovered, not given
+    refine_poses, refine_focal = (mode == "on" or (mode == "auto" and not p.scene.posed)
+                                  for mode in (cfg.pose.refine, cfg.pose.refine_focal))
     log = run_outputs.RunLog(run / "log.jsonl", cfg.log_every)
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,

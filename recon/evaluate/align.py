@@ -175,13 +175,13 @@ def evaluate_unposed(
     sim = Similarity.from_cameras([train[n] for n in names], [gt_views[n].camera for n in names])
     errors = pose_errors([train[n] for n in names], [gt_views[n].camera for n in names], sim)
     gaussians = read_ply(run / "point_cloud.ply")
-    # the background the fit rendered (llff3: the training images' mean colour), as `recon eval` does;
-    # the ground-truth scene's only for a run folder without metrics.json
+    # the render settings the fit scored with (llff3: the training images' mean colour behind the Gaussians),
+    # read as `recon eval` reads them; the ground-truth scene's background only for a run without them
+    from recon.evaluate.rescore import run_render_settings
+
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    fitted = (metrics.get("protocol") or {}).get("render_settings") or {}
-    settings = RenderSettings(background=tuple(fitted.get("background") or gt.background or (0.0, 0.0, 0.0)),
-                              antialiased=bool(fitted.get("antialiased", RenderSettings().antialiased)))
+    settings, settings_notes = run_render_settings(run, metrics, gt.background or (0.0, 0.0, 0.0))
     width, height = record.get("image_size") or (None, None)
     preds, gts, refinements = {}, {}, []
     for name in record.get("test_names", []):
@@ -203,7 +203,8 @@ def evaluate_unposed(
     result = {"metrics": scores.summary, "views": scores.per_view, "fallbacks": scores.fallbacks, "alignment": sim.to_dict(),
               "train_pose_errors": errors, "aligned_on": "training cameras (orientation mean + centre fit)",
               "test_poses": "GT aligned via training cameras" + (" +photometric refinement" if refine_steps > 0 else ""),
-              "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene)}
+              "test_pose_refined": refine_steps > 0, "refinement": refinements, "gt_scene": str(gt_scene),
+              **({"render_settings_notes": settings_notes} if settings_notes else {})}
     metrics["test_aligned"] = result
     metrics_path.write_text(json.dumps(metrics, indent=2))
     return result

@@ -89,7 +89,7 @@ class Trainer:
         self.cfg, self.data, self.render_fn = config, data, render_fn
         self.listeners, self.control = list(listeners), control or FitControl()
         self.checkpoint_fn, self.depth_model, self.refiner = checkpoint_fn, depth_model, refiner
-        self.run_dir, self.refine_poses = run_dir, refine_poses
+        self.run_dir = run_dir
         self.max_sh = gaussians.sh_degree
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration, self.seconds, self.history = 0, 0.0, []
