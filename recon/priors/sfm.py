@@ -6,7 +6,9 @@
 * ``reconstruct(views)``: pose recovery for 2-9 views without poses: pycolmap SIFT,
   exhaustive cross-checked and guided matching, two-view geometry, an incremental mapper
   with thresholds relaxed for few images, bundle adjustment with a shared camera whose
-  focal starts from the views' intrinsics (EXIF or the 1.2 x max-side prior) -> an
+  focal is the minimum of a reprojection profile (the mapper rerun at fixed focals,
+  ``SfMSettings.focal_search``; bundle adjustment's free focal, starting from the views'
+  intrinsics, only when no focal of the profile gives a model that passes) -> an
   ``SfMModel`` (posed views, the triangulated points, what was needed to register more
   images against it later, and a record of the route that ran). Views whose verified
   matches a camera rotation alone explains (``rotation_only_matches``: a scene too distant
@@ -178,10 +180,11 @@ class SfMSettings:
     # where its path leaves it, not at the minimum: LLFF orchids, 7 views: free focal 486 px,
     # mean reprojection 0.667 px, rotation error 2.6 deg; the profile's minimum is at 391-420 px
     # (0.633 px; the dataset's 391), where the rotations are within 0.4-1.1 deg. Only with
-    # ``refine_focal`` (a focal known to be right is kept).
+    # ``refine_focal`` (a focal known to be right is kept). Costs ~16 mapper runs (LLFF, 7 views:
+    # 1-10 s each on a loaded machine).
     focal_search: bool = True
     focal_search_range: tuple[float, float] = (0.35, 2.0)
-    focal_search_step: float = 1.1  # ratio between neighbouring focals of the coarse grid (the fine one: its 4th root)
+    focal_search_step: float = 1.2  # ratio between neighbouring focals of the grid
     focal_range: tuple[float, float] = (0.3, 3.0)  # accepted focal / max(width, height)
     max_init_pairs: int = 4  # initial pairs forced, best first, when the automatic choice fails
     # Depth-reversal guard: when a pure camera rotation (a homography K R K^-1, any focal)
@@ -247,8 +250,9 @@ def recover_poses(views: list[View] | tuple[View, ...], *, settings: SfMSettings
 def reconstruct(views: list[View] | tuple[View, ...], *, settings: SfMSettings | None = None,
                 **overrides) -> SfMModel:
     """Structure from motion of 2-9 views -> ``SfMModel``. The views' intrinsics are the
-    focal prior (EXIF or 1.2 x max side, refined in bundle adjustment unless
-    ``refine_focal=False``). Raises ``ReconError`` naming each view that could not be
+    focal prior (EXIF or 1.2 x max side): one candidate of the focal profile
+    (``focal_search``), else refined in bundle adjustment, kept with
+    ``refine_focal=False``. Raises ``ReconError`` naming each view that could not be
     registered and why (its verified matches with each neighbour), never returns a
     model that fails the checks of ``SfMSettings``. ``overrides``: SfMSettings fields."""
     import pycolmap
@@ -412,47 +416,54 @@ def _set_shared_focal(db_path: Path, focal: float) -> None:
 
 
 def _focal_profile(db_path: Path, tmp: Path, views, names, pairs: list[PairStat], settings: SfMSettings):
-    """The mapper at fixed shared focals (coarse geometric grid, then a finer one around the
-    best) -> (model with the lowest mean reprojection error among those passing ``_check``,
-    route label, a note of the profile) or None. See ``SfMSettings.focal_search``."""
+    """The mapper at fixed shared focals -> (model with the lowest mean reprojection error
+    among those passing ``_check``, route label, a note of the profile) or None. Focals: the
+    prior, a geometric grid, then twice the vertex of the parabola (in log focal) through the
+    best and its neighbours, the second time at a quarter of the grid's step (~16 runs). See
+    ``SfMSettings.focal_search``."""
     side = max(max(v.width, v.height) for v in views)
     fixed = replace(settings, refine_focal=False)
     tried: dict[float, tuple[float, object]] = {}  # focal -> (mean reprojection px or inf, model)
 
-    def run(focal: float) -> None:
+    def run(focal: float) -> float:
         focal = round(focal, 2)
-        if focal in tried:
-            return
-        _set_shared_focal(db_path, focal)
-        out = tmp / f"profile{len(tried)}"
-        out.mkdir()
-        model = _map(db_path, tmp / "images", out, fixed, None)
-        ok = model is not None and not _check(model, views, names, pairs, fixed)
-        tried[focal] = (float(model.compute_mean_reprojection_error()) if ok else float("inf"), model)
+        if focal not in tried:
+            _set_shared_focal(db_path, focal)
+            out = tmp / f"profile{len(tried)}"
+            out.mkdir()
+            model = _map(db_path, tmp / "images", out, fixed, None)
+            ok = model is not None and not _check(model, views, names, pairs, fixed)
+            tried[focal] = (float(model.compute_mean_reprojection_error()) if ok else math.inf, model)
+        return tried[focal][0]
 
+    def best() -> float:
+        return min(tried, key=lambda f: tried[f][0])
+
+    def refine_around(focal: float, step: float) -> None:
+        """Run the vertex of the parabola through focal * exp(-step, 0, step) when it is convex."""
+        left, mid, right = run(focal * math.exp(-step)), tried[focal][0], run(focal * math.exp(step))
+        curvature = left + right - 2 * mid
+        if math.isfinite(curvature) and curvature > 0:
+            run(focal * math.exp(step * min(1.0, max(-1.0, 0.5 * (left - right) / curvature))))
+
+    K = views[0].camera.K.double()
+    run(0.5 * float(K[0, 0] + K[1, 1]))  # the prior (EXIF or the guess) is a candidate too
     lo, hi = (side * r for r in settings.focal_search_range)
     coarse = math.log(settings.focal_search_step)
-    for k in range(int(math.ceil(math.log(hi / lo) / coarse)) + 1):
-        run(lo * math.exp(k * coarse))
-    best = min(tried, key=lambda f: tried[f][0])
-    if not math.isfinite(tried[best][0]):
+    grid = [round(lo * math.exp(k * coarse), 2) for k in range(int(math.ceil(math.log(hi / lo) / coarse)) + 1)]
+    for f in grid:
+        run(f)
+    if not math.isfinite(tried[best()][0]):
         return None
-    fine = coarse / 4
-    for k in (-3, -2, -1, 1, 2, 3):
-        run(best * math.exp(k * fine))
-    best = min(tried, key=lambda f: tried[f][0])
-    # the vertex of the parabola in log focal through the best and its fine neighbours
-    near = [tried.get(round(best * math.exp(k * fine), 2), (math.inf,))[0] for k in (-1, 1)]
-    if all(math.isfinite(e) for e in near):
-        curvature = near[0] + near[1] - 2 * tried[best][0]
-        if curvature > 0:
-            run(best * math.exp(0.5 * fine * (near[0] - near[1]) / curvature))
-            best = min(tried, key=lambda f: tried[f][0])
-    error, model = tried[best]
+    on_grid = min(grid, key=lambda f: tried[f][0])
+    refine_around(on_grid, coarse)
+    refine_around(best(), coarse / 4)
+    focal = best()
+    error, model = tried[focal]
     profile = ", ".join(f"{f:.0f}: {e:.3f}" for f, (e, _) in sorted(tried.items()) if math.isfinite(e))
     note = (f"focal profile ({len(tried)} mapper runs at fixed focals; mean reprojection px per focal: {profile}): "
-            f"{best:.1f} px, {error:.3f} px")
-    return model, f"incremental mapper, focal {best:.1f} px from the reprojection profile", note
+            f"{focal:.1f} px, {error:.3f} px")
+    return model, f"incremental mapper, focal {focal:.1f} px from the reprojection profile", note
 
 
 def _pair_stats(db_path: Path, views, names, settings: SfMSettings) -> tuple[list[PairStat], dict[str, int]]:
