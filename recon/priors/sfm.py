@@ -384,7 +384,7 @@ def _reconstruct(views: tuple[View, ...], names: list[str], tmp: Path, settings:
         problems = _check(model, views, names, pairs, settings)
         attempts.append(label + (": accepted" if not problems else ": rejected (" + "; ".join(problems) + ")"))
         if not problems:
-            if settings.refine_focal and settings.focal_search:
+            if settings.refine_focal and settings.focal_search and len(model.cameras) == 1:  # one shared focal
                 model, label = _focal_profile(model, label, db_path, tmp, views, names, pairs, settings, init_ids,
                                               attempts)
             return _model(model, views, names, db_path, label, attempts, pairs, settings)
