@@ -88,7 +88,7 @@ def pose_row(scene: str, views: int, work: Path) -> dict:
     record = rec.record["train_poses"]
     row.update(route=record.get("route"), fallback=record.get("fallback"), focal_px=record.get("focal_px"),
                num_points=record.get("num_points"), mean_reprojection_px=record.get("mean_reprojection_px"),
-               rotation_only_share=record.get("rotation_only_share"),
+               rotation_only_share=record.get("rotation_only_share"), attempts=record.get("attempts"),
                test_registered=f"{len(rec.split.test)}/{len(split.test)}")
     gt = load_scene(gt_spec, width=cfg.data.width) if cfg.data.width else load_scene(gt_spec)
     truth = {v.name: v.camera for v in gt.views}
