@@ -103,7 +103,10 @@ RECON_TILE_INLINE void pack_splat(const T* mean, const T* conic, const T* color,
   // The box of gather(): [floor(m - r - 0.5) - 1, ceil(m + r - 0.5) + 2) in each axis. Within the limit
   // every value is an integer the type holds exactly, so clipping it to a tile in int gives what the
   // same arithmetic in T gives.
-  auto edge = [](T v) { return int32_t(std::min(std::max(v, T(-kBoxLimit)), T(kBoxLimit))); };
+  auto edge = [](T v) {  // clamped as comparisons, so a NaN edge becomes -kBoxLimit (an empty box), not UB
+    const T lo = v > T(-kBoxLimit) ? v : T(-kBoxLimit);
+    return int32_t(lo < T(kBoxLimit) ? lo : T(kBoxLimit));
+  };
   s.bx0 = edge(std::floor(s.mx - rx - T(0.5)) - T(1));
   s.bx1 = edge(std::ceil(s.mx + rx - T(0.5)) + T(2));
   s.by0 = edge(std::floor(s.my - ry - T(0.5)) - T(1));
