@@ -244,26 +244,30 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
     lanes += counts.lanes;
   }
   g_bwd_lanes = lanes;
-  // Entries of each (camera, Gaussian) in tile order: a counting sort of the entry indices.
-  std::vector<int64_t> first(CN + 1, 0);
-  std::unique_ptr<int64_t[]> order(new int64_t[size_t(n_isect)]);
-  auto gaussian_of = [&](int64_t k, const auto& emit) {
-    int64_t c = 0;  // the entry's camera
-    while (c + 1 < p.C && k >= tile_offsets[(c + 1) * n_tiles]) ++c;
-    emit(c * p.N + flat_ids[k]);
-  };
-  stable_counting_sort(n_isect, CN, gaussian_of, first.data(),
-                       [&](int64_t pos, int64_t k) { order[pos] = k; });
-  // The slots are read in random order: each is prefetched kAhead entries before its use.
-  constexpr int64_t kAhead = 16;
+  // Per (camera, Gaussian) sums of its entries' slots in entry order (= tile order): one scan of the entries
+  // adds each slot into its Gaussian's row, reading the slots sequentially (a gather in Gaussian order read
+  // them at random, after a counting sort of n_isect entries). Each thread owns a range of Gaussians and
+  // skips the other entries, so every sum is formed in the same order for any thread count.
+  std::unique_ptr<T[]> sums(new T[size_t(CN) * G]());
+  const int64_t ranges = std::max<int64_t>(1, std::min<int64_t>(2 * int64_t(omp_get_max_threads()), CN / 4096));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t r = 0; r < ranges; ++r) {
+    const int64_t lo = CN * r / ranges, hi = CN * (r + 1) / ranges;
+    for (int c = 0; c < p.C; ++c) {
+      const int64_t k0 = tile_offsets[c * n_tiles], k1 = tile_offsets[(c + 1) * n_tiles], base = int64_t(c) * p.N;
+      if (base + p.N <= lo || base >= hi) continue;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t i = base + flat_ids[k];
+        if (i < lo || i >= hi) continue;
+        const T* e = isect_grads.get() + k * G;
+        T* sum = sums.get() + i * G;
+        for (int s = 0; s < G; ++s) sum[s] += e[s];
+      }
+    }
+  }
 #pragma omp parallel for schedule(dynamic, kGaussianChunk)
   for (int64_t i = 0; i < CN; ++i) {
-    T sum[G] = {};
-    for (int64_t j = first[i]; j < first[i + 1]; ++j) {
-      if (j + kAhead < n_isect) __builtin_prefetch(isect_grads.get() + order[j + kAhead] * G);
-      const T* e = isect_grads.get() + order[j] * G;
-      for (int s = 0; s < G; ++s) sum[s] += e[s];
-    }
+    const T* sum = sums.get() + i * G;
     v_means2d[2 * i] += sum[0];
     v_means2d[2 * i + 1] += sum[1];
     v_conics[3 * i] += sum[2];

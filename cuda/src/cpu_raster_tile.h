@@ -43,9 +43,15 @@ template <typename T> struct alignas(16 * sizeof(T)) PackedSplat {
   T opacity, depth;
   T col[3];
   T sigma_max;  // alpha can pass kAlphaThreshold only where sigma <= sigma_max; < 0: nowhere
-  T rx, ry;     // half extents of that ellipse
   T inv_a;      // 1 / conic.a
+  // Image pixel box of that ellipse, padded by a pixel (inclusive-exclusive, clamped to +-kBoxLimit):
+  // gather() clips it to a tile with integer operations.
+  int32_t bx0, bx1, by0, by1;
 };
+
+// Box coordinates are clamped to +-2^24 before the integer conversion (finite for any input, exact in
+// float and double): a box edge that far out clips to the same tile edge as the unclamped one.
+constexpr int32_t kBoxLimit = 1 << 24;
 
 // One tile: top-left pixel, size clipped to the image, row stride of the image in pixels.
 struct Tile {
@@ -86,33 +92,39 @@ RECON_TILE_INLINE void pack_splat(const T* mean, const T* conic, const T* color,
   const T det = conic[0] * conic[2] - conic[1] * conic[1];
   if (!(ratio > T(1)) || !(det > T(0)) || !(conic[0] > T(0))) {
     s.sigma_max = T(-1);
-    s.rx = s.ry = s.inv_a = T(0);
+    s.inv_a = T(0);
+    s.bx0 = s.bx1 = s.by0 = s.by1 = 0;
     return;
   }
   s.sigma_max = std::log(ratio);
-  s.rx = std::sqrt(T(2) * s.sigma_max * conic[2] / det);
-  s.ry = std::sqrt(T(2) * s.sigma_max * conic[0] / det);
+  const T rx = std::sqrt(T(2) * s.sigma_max * conic[2] / det);
+  const T ry = std::sqrt(T(2) * s.sigma_max * conic[0] / det);
   s.inv_a = T(1) / conic[0];
+  // The box of gather(): [floor(m - r - 0.5) - 1, ceil(m + r - 0.5) + 2) in each axis. Within the limit
+  // every value is an integer the type holds exactly, so clipping it to a tile in int gives what the
+  // same arithmetic in T gives.
+  auto edge = [](T v) {  // clamped as comparisons, so a NaN edge becomes -kBoxLimit (an empty box), not UB
+    const T lo = v > T(-kBoxLimit) ? v : T(-kBoxLimit);
+    return int32_t(lo < T(kBoxLimit) ? lo : T(kBoxLimit));
+  };
+  s.bx0 = edge(std::floor(s.mx - rx - T(0.5)) - T(1));
+  s.bx1 = edge(std::ceil(s.mx + rx - T(0.5)) + T(2));
+  s.by0 = edge(std::floor(s.my - ry - T(0.5)) - T(1));
+  s.by1 = edge(std::ceil(s.my + ry - T(0.5)) + T(2));
 }
 
 template <typename T>
 RECON_TILE_INLINE bool gather(const PackedSplat<T>* g, int32_t i, const Tile& tile, Splat<T>& s) {
   const PackedSplat<T>& e = g[i];
   if (!(e.sigma_max >= T(0))) return false;
+  auto clip = [](int32_t v, int base, int n) { return std::min(std::max(v - base, 0), n); };
+  s.px0 = clip(e.bx0, tile.x0, tile.w);
+  s.px1 = clip(e.bx1, tile.x0, tile.w);
+  s.py0 = clip(e.by0, tile.y0, tile.h);
+  s.py1 = clip(e.by1, tile.y0, tile.h);
+  if (!(s.px0 < s.px1 && s.py0 < s.py1)) return false;
   s.mx = e.mx;
   s.my = e.my;
-  const T rx = e.rx, ry = e.ry;
-  auto lo = [](T v, int base, int n) {
-    return int(std::min(std::max(std::floor(v) - T(1) - T(base), T(0)), T(n)));
-  };
-  auto hi = [](T v, int base, int n) {
-    return int(std::min(std::max(std::ceil(v) + T(2) - T(base), T(0)), T(n)));
-  };
-  s.px0 = lo(s.mx - rx - T(0.5), tile.x0, tile.w);
-  s.px1 = hi(s.mx + rx - T(0.5), tile.x0, tile.w);
-  s.py0 = lo(s.my - ry - T(0.5), tile.y0, tile.h);
-  s.py1 = hi(s.my + ry - T(0.5), tile.y0, tile.h);
-  if (!(s.px0 < s.px1 && s.py0 < s.py1)) return false;
   s.sigma_max = e.sigma_max;
   s.inv_a = e.inv_a;
   s.conic = e.conic;
@@ -325,7 +337,12 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     last[q] = T(0);
   }
   for (int y = 0; y < TS; ++y) row_last[y] = T(0);
-  for (int y = 0; y < tile.h; ++y)
+  // Rows with a nonzero upstream gradient somewhere. A row without one adds exactly zero to every slot
+  // (each term is a finite value times a zero gradient), and its pixels' state is read only by its own
+  // terms, so it is skipped: a sparse loss (the pseudo views' depth prior) leaves many such rows.
+  uint32_t grad_rows = 0;
+  for (int y = 0; y < tile.h; ++y) {
+    bool any = false;
     for (int x = 0; x < tile.w; ++x) {
       const int q = y * TS + x;
       const int64_t pix = int64_t(y) * tile.stride + x;
@@ -335,11 +352,14 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
       vb[q] = v_rgb[3 * pix + 2];
       vd[q] = v_depth_sum[pix];
       va[q] = v_alpha[pix];
+      any = any | (vr[q] != T(0)) | (vg[q] != T(0)) | (vb[q] != T(0)) | (vd[q] != T(0)) | (va[q] != T(0));
       last[q] = T(n_contrib[pix]);
       row_last[y] = std::max(row_last[y], last[q]);
       max_last = std::max(max_last, n_contrib[pix]);
     }
-  const int64_t n_walk = std::min<int64_t>(max_last, n);
+    grad_rows |= any ? 1u << y : 0u;
+  }
+  const int64_t n_walk = grad_rows == 0 ? 0 : std::min<int64_t>(max_last, n);
   std::memset(grads, 0, sizeof(T) * size_t(n) * G);  // entries that blend nowhere here stay 0
   int64_t lanes = 0;
   const T x0 = T(tile.x0) + T(0.5);
@@ -354,8 +374,8 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    // the rows where the entry blended somewhere in forward (k < n_contrib) and it crosses
-    uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & rows_above<T, TS>(row_last, kf);
+    // the rows where the entry blended somewhere in forward (k < n_contrib), it crosses, and a gradient arrives
+    uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & rows_above<T, TS>(row_last, kf) & grad_rows;
     if (rows == 0) continue;  // its slot keeps the tile's zeros
     for (int j = 0; j < G; ++j)
       for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
