@@ -72,7 +72,8 @@ def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
     stereo = {"max_points": cfg.init.max_points, "seed": cfg.seed, **cfg.init.stereo}
     res = initialise(views, cfg.init.method, sh_degree=cfg.init.sh_degree, random_points=cfg.init.random_points,
                      with_depths=mvs_depth, generator=generator, fill_stride=cfg.init.fill_stride,
-                     opacity=cfg.init.opacity, scale_factor=cfg.init.scale_factor, **stereo)
+                     fill_max_gap=cfg.init.fill_max_gap, opacity=cfg.init.opacity,
+                     scale_factor=cfg.init.scale_factor, **stereo)
     # (a fallback to random init is warned about by recon.init and recorded in metrics.json)
     depths = [None] * len(views)
     if res.depths is not None:

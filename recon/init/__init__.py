@@ -61,6 +61,7 @@ def initialise(
     generator: torch.Generator | None = None,
     progress: bool = True,
     fill_stride: int = 0,
+    fill_max_gap: int = 0,
     scale_factor: float = 1.0,
     **stereo_options,
 ) -> InitResult:
@@ -68,7 +69,8 @@ def initialise(
     "random". ``with_depths`` runs MVS for its depth maps even when another method seeds
     the Gaussians (depth loss with a random-init ablation). ``stereo_options`` are
     ``recon.priors.stereo.StereoSettings`` fields (e.g. ``max_points``, ``seed``). ``fill_stride``
-    > 0 (MVS only) also seeds Gaussians where stereo found no depth (``recon.init.fill``); the
+    > 0 (MVS only) also seeds Gaussians where stereo found no depth (``recon.init.fill``; only
+    within ``fill_max_gap`` pixels of a stereo pixel when > 0); the
     result's ``points`` stay the stereo's. ``scale_factor`` multiplies the initial 3-NN
     scale of Gaussians seeded from points (mvs, sift; not random): stereo points a pixel
     apart start as ~1-px splats that leave the views full of holes (``init.scale_factor``)."""
@@ -93,7 +95,7 @@ def initialise(
                                     confs)
             from recon.init.fill import hole_points
 
-            fill_pts, fill_cols = hole_points(views, depths, fill_stride)
+            fill_pts, fill_cols = hole_points(views, depths, fill_stride, fill_max_gap)
             out = _from_points(torch.cat([res.points, fill_pts]), torch.cat([res.colors, fill_cols]), sh_degree,
                                opacity, scale_factor, fallback, "mvs", depths, confs)
             if out.fallback_reason is None:
