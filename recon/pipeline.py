@@ -69,9 +69,11 @@ def _initialise(views: list[View], cfg: FitConfig, generator: torch.Generator):
 
     # MVS also runs under another init method when its depth is the depth prior.
     mvs_depth = cfg.depth.enabled and cfg.depth.model is None
+    stereo = {"max_points": cfg.init.max_points, "seed": cfg.seed, **cfg.init.stereo}
     res = initialise(views, cfg.init.method, sh_degree=cfg.init.sh_degree, random_points=cfg.init.random_points,
-                     with_depths=mvs_depth, generator=generator, max_points=cfg.init.max_points, seed=cfg.seed,
-                     fill_stride=cfg.init.fill_stride)
+                     with_depths=mvs_depth, generator=generator, fill_stride=cfg.init.fill_stride,
+                     fill_max_gap=cfg.init.fill_max_gap, opacity=cfg.init.opacity,
+                     scale_factor=cfg.init.scale_factor, **stereo)
     # (a fallback to random init is warned about by recon.init and recorded in metrics.json)
     depths = [None] * len(views)
     if res.depths is not None:

@@ -117,3 +117,39 @@ def test_initialise_on_textureless_views_falls_back_instead_of_crashing():
     assert res.method == "random" and len(res.gaussians) == 64
     assert all(float(d.abs().sum()) == 0.0 for d in res.depths)
     assert math.isfinite(float(res.gaussians.means.sum()))
+
+
+def test_init_scale_factor_widens_the_splats_so_the_views_have_fewer_holes():
+    """init.scale_factor: stereo points about a pixel apart start as ~1-px splats (3-NN scale) and leave the
+    views full of holes (DTU: 14% alpha at init); a factor scales every initial size and covers more pixels."""
+    from recon.render import render
+    from recon.types import RenderSettings
+
+    views = plane_views(n=3, size=(80, 60))
+    kw = dict(sh_degree=0, progress=False, num_depths=32, max_points=400, seed=0)
+    base = initialise(views, "mvs", **kw)
+    wide = initialise(views, "mvs", scale_factor=2.0, opacity=0.3, **kw)
+    assert torch.equal(wide.gaussians.means, base.gaussians.means)  # the same points, only their size and opacity
+    assert torch.allclose(wide.gaussians.log_scales, base.gaussians.log_scales + math.log(2.0))
+    assert torch.allclose(torch.sigmoid(wide.gaussians.opacity_logits), torch.full((len(wide.gaussians),), 0.3))
+    settings = RenderSettings(sh_degree=0, backend="reference")
+    cover = {name: float(render(r.gaussians, [v.camera for v in views], settings).alpha.mean())
+             for name, r in (("base", base), ("wide", wide))}
+    assert cover["wide"] > cover["base"] + 0.1, cover
+    with pytest.raises(ConfigError, match="scale_factor"):
+        initialise(views, "mvs", scale_factor=0.0, **kw)
+
+
+def test_init_stereo_settings_reach_the_plane_sweep():
+    """init.stereo: StereoSettings overrides from the config, through the pipeline's one initialise call."""
+    from recon.optimise.config import load_config
+    from recon.pipeline import _initialise
+
+    views = plane_views(n=3, size=(80, 60))
+    gen = torch.Generator().manual_seed(0)
+    common = ["init.max_points=100000", "init.stereo.num_depths=16"]
+    fine = _initialise(views, load_config("default", common), gen)[2]
+    coarse = _initialise(views, load_config("default", [*common, "init.stereo.voxel_pixels=4"]), gen)[2]
+    assert 0 < len(coarse) < 0.25 * len(fine), (len(coarse), len(fine))  # 4-pixel voxels: ~1/16 of the points
+    with pytest.raises(ConfigError, match="unknown stereo setting"):
+        _initialise(views, load_config("default", ["init.stereo.bogus=1"]), gen)

@@ -7,6 +7,7 @@ and, when multi-view stereo ran, its per-view depth maps for the depth loss.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -60,19 +61,26 @@ def initialise(
     generator: torch.Generator | None = None,
     progress: bool = True,
     fill_stride: int = 0,
+    fill_max_gap: int = 0,
+    scale_factor: float = 1.0,
     **stereo_options,
 ) -> InitResult:
     """Posed training views -> InitResult. ``method``: "mvs" (alias "stereo"), "sift" or
     "random". ``with_depths`` runs MVS for its depth maps even when another method seeds
     the Gaussians (depth loss with a random-init ablation). ``stereo_options`` are
     ``recon.priors.stereo.StereoSettings`` fields (e.g. ``max_points``, ``seed``). ``fill_stride``
-    > 0 (MVS only) also seeds Gaussians where stereo found no depth (``recon.init.fill``); the
-    result's ``points`` stay the stereo's."""
+    > 0 (MVS only) also seeds Gaussians where stereo found no depth (``recon.init.fill``; only
+    within ``fill_max_gap`` pixels of a stereo pixel when > 0); the
+    result's ``points`` stay the stereo's. ``scale_factor`` multiplies the initial 3-NN
+    scale of Gaussians seeded from points (mvs, sift; not random): stereo points a pixel
+    apart start as ~1-px splats that leave the views full of holes (``init.scale_factor``)."""
     method = _ALIASES.get(method, method)
     if method not in METHODS:
         raise ConfigError(f"init.method must be one of {', '.join(METHODS)} (or 'stereo'), got {method!r}")
     views = tuple(views)
     centre, radius = scene_ball(views)
+    if not (scale_factor > 0 and math.isfinite(scale_factor)):
+        raise ConfigError(f"init.scale_factor must be positive and finite, got {scale_factor}")
     fallback = dict(fallback_n=random_points, fallback_centre=centre, fallback_radius=radius, generator=generator)
     depths = confs = None
     if (method == "mvs" or with_depths) and len(views) >= 2:
@@ -83,12 +91,13 @@ def initialise(
         depths, confs = res.depths, res.confidences
         if method == "mvs":
             if fill_stride <= 0:
-                return _from_points(res.points, res.colors, sh_degree, opacity, fallback, "mvs", depths, confs)
+                return _from_points(res.points, res.colors, sh_degree, opacity, scale_factor, fallback, "mvs", depths,
+                                    confs)
             from recon.init.fill import hole_points
 
-            fill_pts, fill_cols = hole_points(views, depths, fill_stride)
+            fill_pts, fill_cols = hole_points(views, depths, fill_stride, fill_max_gap)
             out = _from_points(torch.cat([res.points, fill_pts]), torch.cat([res.colors, fill_cols]), sh_degree,
-                               opacity, fallback, "mvs", depths, confs)
+                               opacity, scale_factor, fallback, "mvs", depths, confs)
             if out.fallback_reason is None:
                 out.points, out.filled_points = res.points, int(fill_pts.shape[0])
             return out
@@ -102,15 +111,15 @@ def initialise(
 
         with stage("stereo"):
             pts, cols = triangulate_sift(views)  # [M, 3], [M, 3]
-        return _from_points(pts, cols, sh_degree, opacity, fallback, "sift", depths, confs)
+        return _from_points(pts, cols, sh_degree, opacity, scale_factor, fallback, "sift", depths, confs)
     g = random_gaussians(random_points, centre, radius, sh_degree, generator, opacity=opacity)
     return InitResult(g, "random", None, depths, confs, requested="random")
 
 
-def _from_points(pts, cols, sh_degree, opacity, fallback, method, depths, confs) -> InitResult:
+def _from_points(pts, cols, sh_degree, opacity, scale_factor, fallback, method, depths, confs) -> InitResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        g = gaussians_from_points(pts, cols, sh_degree, opacity=opacity, **fallback)
+        g = gaussians_from_points(pts, cols, sh_degree, opacity=opacity, scale_factor=scale_factor, **fallback)
     reasons = [str(w.message) for w in caught
                if issubclass(w.category, RuntimeWarning) and "falling back" in str(w.message)]
     for w in caught:  # re-emit so callers still see them

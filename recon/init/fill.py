@@ -50,12 +50,24 @@ def fill_depth(depth: Tensor) -> Tensor:
     return torch.where(valid, depth, out.to(depth.dtype))
 
 
-def hole_points(views: Sequence[View], depths: Sequence[Tensor], stride: int) -> tuple[Tensor, Tensor]:
+def near_valid(valid: Tensor, max_gap: int) -> Tensor:
+    """[H, W] bool -> [H, W] bool: pixels within ``max_gap`` pixels (Chebyshev) of a valid one."""
+    k = 2 * max_gap + 1
+    return F.max_pool2d(valid[None, None].float(), k, stride=1, padding=max_gap)[0, 0] > 0
+
+
+def hole_points(views: Sequence[View], depths: Sequence[Tensor], stride: int,
+                max_gap: int = 0) -> tuple[Tensor, Tensor]:
     """Points [M, 3] and colours [M, 3] for the pixels without stereo depth on a ``stride``
     grid of each view (depth maps at the views' resolution, 0 = invalid), placed at the
-    filled depth. Views whose stereo found nothing give no points."""
+    filled depth. Views whose stereo found nothing give no points. ``max_gap`` > 0 seeds only
+    holes within that many pixels of a stereo pixel: interpolation between stereo depths, not
+    extrapolation over wide empty regions (DTU's black curtain, which push-pull would put at
+    the object's depth, in front of it for a novel view)."""
     if stride < 1:
         raise ValueError(f"fill stride must be >= 1, got {stride}")
+    if max_gap < 0:
+        raise ValueError(f"fill max_gap must be >= 0, got {max_gap}")
     points, colours = [], []
     for view, depth in zip(views, depths):
         if depth.shape != (view.height, view.width):
@@ -65,6 +77,8 @@ def hole_points(views: Sequence[View], depths: Sequence[Tensor], stride: int) ->
         grid = torch.zeros_like(depth, dtype=torch.bool)
         grid[stride // 2::stride, stride // 2::stride] = True
         holes = grid & (depth <= 0)  # [H, W]
+        if max_gap > 0:
+            holes &= near_valid(depth > 0, max_gap)
         sparse = torch.where(holes, fill_depth(depth), torch.zeros_like(depth))
         points.append(unproject_depth(view.camera.K, view.camera.T_cam_world, sparse.float()))
         colours.append(view.image[holes].float())  # row-major, as unproject_depth

@@ -43,6 +43,10 @@ class InitConfig:
     random_points: int = 20_000
     # > 0: also seed Gaussians on this pixel grid where MVS found no depth, at push-pull filled depth (recon.init.fill)
     fill_stride: int = 0
+    fill_max_gap: int = 0  # > 0: seed only holes within this many pixels of a stereo pixel (0 = every hole)
+    opacity: float = 0.1  # initial opacity of every Gaussian (3DGS: 0.1)
+    scale_factor: float = 1.0  # x the 3-NN initial scale of point-seeded Gaussians (recon.init.initialise)
+    stereo: dict = field(default_factory=dict)  # recon.priors.stereo.StereoSettings overrides, e.g. window: 15
 
 
 @dataclass
