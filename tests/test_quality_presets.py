@@ -34,7 +34,13 @@ def _blender(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("make, preset", [(_dtu, "dtu3"), (_blender, "blender8")])
+def _llff(root: Path) -> Path:
+    root.mkdir(parents=True)
+    np.save(root / "poses_bounds.npy", np.zeros((20, 17)))
+    return root
+
+
+@pytest.mark.parametrize("make, preset", [(_dtu, "dtu3"), (_blender, "blender8"), (_llff, "llff3")])
 def test_quality_is_the_variant_of_the_picked_preset(tmp_path, make, preset):
     scene = make(tmp_path / "scene")
     fast, quality = choose_preset(str(scene)), choose_preset(str(scene), quality=True)
@@ -84,6 +90,12 @@ def test_fit_and_bench_resolve_quality(tmp_path, monkeypatch, capsys):
     assert seen["config"].optim.iterations == load_config("quality-dtu3").optim.iterations
     assert suite_config(get_suite("blender8"), "quality") == "quality-blender8"
     assert suite_config(get_suite("blender8"), None) == "blender8"
+    assert suite_config(get_suite("llff3"), "quality") == "quality-llff3"
+    assert suite_config(get_suite("llff3"), None) == "llff3"
+    with pytest.raises(Called):
+        main(["fit", str(_llff(tmp_path / "fern")), "--config", "quality", "--out", str(tmp_path / "run_llff")])
+    assert "config: quality-llff3" in capsys.readouterr().out
+    assert seen["config"].optim.iterations == load_config("quality-llff3").optim.iterations
 
 
 # ---- validation views ----------------------------------------------------------------------
