@@ -147,7 +147,8 @@ template <> struct Batch<float> {
   // finite values; their results are never stored).
   static RECON_ALWAYS_INLINE V load(const float* p, int64_t stride, int count) {
     V r;
-    if (count == kLanes) {  // full batches (all but a chunk's last): plain strided loads, no per-lane index select
+    if (count ==
+        kLanes) {  // full batches (all but a chunk's last): plain strided loads, no per-lane index select
       for (int l = 0; l < kLanes; ++l) r.v[l] = p[l * stride];
       return r;
     }

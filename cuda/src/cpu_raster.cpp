@@ -249,12 +249,14 @@ void cpu_raster_backward(const TileParams& p, const T* means2d, const T* conics,
   // them at random, after a counting sort of n_isect entries). Each thread owns a range of Gaussians and
   // skips the other entries, so every sum is formed in the same order for any thread count.
   std::unique_ptr<T[]> sums(new T[size_t(CN) * G]());
-  const int64_t ranges = std::max<int64_t>(1, std::min<int64_t>(2 * int64_t(omp_get_max_threads()), CN / 4096));
+  const int64_t ranges =
+      std::max<int64_t>(1, std::min<int64_t>(2 * int64_t(omp_get_max_threads()), CN / 4096));
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t r = 0; r < ranges; ++r) {
     const int64_t lo = CN * r / ranges, hi = CN * (r + 1) / ranges;
     for (int c = 0; c < p.C; ++c) {
-      const int64_t k0 = tile_offsets[c * n_tiles], k1 = tile_offsets[(c + 1) * n_tiles], base = int64_t(c) * p.N;
+      const int64_t k0 = tile_offsets[c * n_tiles], k1 = tile_offsets[(c + 1) * n_tiles],
+                    base = int64_t(c) * p.N;
       if (base + p.N <= lo || base >= hi) continue;
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t i = base + flat_ids[k];

@@ -374,7 +374,8 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     // Locals (not struct fields) so the compiler keeps them in registers and vectorises.
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
-    // the rows where the entry blended somewhere in forward (k < n_contrib), it crosses, and a gradient arrives
+    // the rows where the entry blended somewhere in forward (k < n_contrib), it crosses, and a gradient
+    // arrives
     uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & rows_above<T, TS>(row_last, kf) & grad_rows;
     if (rows == 0) continue;  // its slot keeps the tile's zeros
     for (int j = 0; j < G; ++j)
