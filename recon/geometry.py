@@ -1,6 +1,7 @@
 """Pose, rotation and pinhole-camera conventions, pure torch: the one home of pose
 conversions, the pose exponentials, pixel projection/unprojection and the point where
-camera axes meet.
+camera axes meet, and the similarity that aligns two frames of the same cameras
+(``camera_similarity``, ``map_camera``, ``rotation_angle_deg``: pose recovery and its evaluation).
 
 ``T_a_b`` maps coordinates in frame b to frame a: ``x_a = T_a_b @ x_b``. Cameras use
 OpenCV axes (x right, y down, z forward). OpenGL/Blender/LLFF cameras use x right, y up,
@@ -10,11 +11,15 @@ Quaternions are (w, x, y, z).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from recon.errors import ReconError
 
 if TYPE_CHECKING:
     from recon.types import Camera
@@ -249,3 +254,51 @@ def viewed_ball(cameras: Sequence[Camera]) -> tuple[Tensor, float]:
         centre = centres.mean(0) + axes.mean(0) * 4 * spread
     radius = max(float((centres - centre).norm(dim=-1).mean()) * 0.75, spread)
     return centre, radius
+
+
+def rotation_angle_deg(R: Tensor) -> float:
+    """Angle of a rotation [3, 3] in degrees, from ||R - I||_F = 2 sqrt(2) sin(angle / 2)
+    (exact near 0, where acos of the trace loses ~0.03 degrees to float32 rounding)."""
+    R = R.double()
+    return math.degrees(2 * math.asin(min(1.0, float(torch.linalg.matrix_norm(R - torch.eye(3, dtype=R.dtype)))
+                                               / (2 * math.sqrt(2)))))
+
+
+def camera_similarity(src: list[Camera], dst: list[Camera]) -> tuple[float, Tensor, Tensor]:
+    """(s, R [3, 3], t [3]) with x_dst = s R x_src + t mapping the frame of cameras ``src``
+    onto the frame of the same cameras ``dst``: R is the chordal mean of the per-camera
+    rotation offsets (a camera's rotation pins the frame's rotation even when the centres
+    are nearly collinear, as three forward-facing views are); s, t fit the centres by
+    least squares given R."""
+    if len(src) != len(dst) or len(src) < 2:
+        raise ReconError(f"aligning camera frames needs the same >= 2 cameras on both sides, got {len(src)} and "
+                         f"{len(dst)}")
+    M = sum(d.T_cam_world[:3, :3].double().T @ s.T_cam_world[:3, :3].double() for s, d in zip(src, dst))
+    U, _, Vh = torch.linalg.svd(M)
+    D = torch.diag(torch.tensor([1.0, 1.0, float(torch.det(U @ Vh))], dtype=torch.float64))
+    R = U @ D @ Vh  # [3, 3]
+    cs = torch.stack([c.centre.double() for c in src])  # [V, 3]
+    cd = torch.stack([c.centre.double() for c in dst])
+    xs, xd = (cs - cs.mean(0)) @ R.T, cd - cd.mean(0)
+    var = float((xs * xs).sum())
+    if var < 1e-18:
+        raise ReconError("aligning camera frames: the cameras share one centre; the scale is undefined")
+    s = float((xs * xd).sum()) / var
+    if not s > 0:
+        raise ReconError("aligning camera frames: the recovered cameras are mirrored against the reference")
+    t = cd.mean(0) - s * R @ cs.mean(0)
+    return s, R, t
+
+
+def map_camera(camera: Camera, s: float, R: Tensor, t: Tensor) -> Camera:
+    """A camera of frame a -> the same camera in frame b, where x_b = s R x_a + t. The
+    camera-space scale is dropped (it does not change the image)."""
+    T = camera.T_cam_world.double()
+    R_c, t_c = T[:3, :3], T[:3, 3]
+    R, t = R.double(), t.double()
+    # x_cam = R_c x_a + t_c = R_c R^T (x_b - t) / s + t_c; multiply by s (same image)
+    R_new = R_c @ R.T
+    t_new = s * t_c - R_new @ t
+    out = torch.eye(4, dtype=torch.float64)
+    out[:3, :3], out[:3, 3] = R_new, t_new
+    return replace(camera, T_cam_world=out.float())

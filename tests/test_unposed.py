@@ -14,14 +14,12 @@ from conftest import shared_scene
 
 from recon.data.splits import select_split
 from recon.errors import ReconError
-from recon.geometry import invert_pose, look_at, make_pose, quat_to_rotmat
+from recon.geometry import camera_similarity, invert_pose, look_at, make_pose, map_camera, quat_to_rotmat
 from recon.priors.pointmap import PointmapGroup
 from recon.priors.poses import (
     TEST_POSES_GT_ALIGNED,
     TEST_POSES_POINTMAP,
     TEST_POSES_REGISTERED,
-    camera_similarity,
-    map_camera,
     recover_split_poses,
 )
 from recon.types import Camera, Scene

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from recon.errors import ReconError
-from recon.geometry import make_pose, se3_exp, umeyama
-from recon.priors.poses import camera_similarity, rotation_angle_deg
+from recon.geometry import camera_similarity, make_pose, rotation_angle_deg, se3_exp, umeyama
 from recon.types import Camera, Gaussians, RenderSettings
 
 

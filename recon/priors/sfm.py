@@ -473,7 +473,7 @@ def _focal_profile(free, label: str, db_path: Path, tmp: Path, views, names, pai
 def _turn_between(a, b, names) -> float | None:
     """Largest rotation difference (deg) between the cameras of two models of the same views
     after the similarity that aligns them; None when b is mirrored against a."""
-    from recon.priors.poses import camera_similarity, map_camera, rotation_angle_deg
+    from recon.geometry import camera_similarity, map_camera, rotation_angle_deg
 
     def cameras(model) -> list[Camera]:
         by_name = {im.name: im for im in model.images.values()}
