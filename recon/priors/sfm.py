@@ -6,9 +6,9 @@
 * ``reconstruct(views)``: pose recovery for 2-9 views without poses: pycolmap SIFT,
   exhaustive cross-checked and guided matching, two-view geometry, an incremental mapper
   with thresholds relaxed for few images, bundle adjustment with a shared camera whose
-  focal is the minimum of a reprojection profile (the mapper rerun at fixed focals,
-  ``SfMSettings.focal_search``; bundle adjustment's free focal, starting from the views'
-  intrinsics, only when no focal of the profile gives a model that passes) -> an
+  focal starts from the views' intrinsics (EXIF or the 1.2 x max-side prior) and is then
+  checked by a reprojection profile around it (the mapper rerun at fixed focals,
+  ``SfMSettings.focal_search``; a clearly better, consistent model replaces it) -> an
   ``SfMModel`` (posed views, the triangulated points, what was needed to register more
   images against it later, and a record of the route that ran). Views whose verified
   matches a camera rotation alone explains (``rotation_only_matches``: a scene too distant
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from recon.errors import ReconError
+from recon.geometry import camera_similarity, map_camera, rotation_angle_deg
 from recon.types import Camera, View
 
 RATIO_TEST = 0.8  # Lowe's ratio between the best and second-best descriptor distances
@@ -473,8 +474,6 @@ def _focal_profile(free, label: str, db_path: Path, tmp: Path, views, names, pai
 def _turn_between(a, b, names) -> float | None:
     """Largest rotation difference (deg) between the cameras of two models of the same views
     after the similarity that aligns them; None when b is mirrored against a."""
-    from recon.geometry import camera_similarity, map_camera, rotation_angle_deg
-
     def cameras(model) -> list[Camera]:
         by_name = {im.name: im for im in model.images.values()}
         out = []
