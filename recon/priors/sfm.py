@@ -471,6 +471,14 @@ def _focal_profile(free, label: str, db_path: Path, tmp: Path, views, names, pai
     return model, f"{label}, focal {best:.1f} px from the reprojection profile"
 
 
+def _cam_from_world(image) -> np.ndarray:
+    """A pycolmap image's world-to-camera pose as [4, 4] (a method in pycolmap 4, an attribute before)."""
+    pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
+    T = np.eye(4)
+    T[:3] = pose.matrix()
+    return T
+
+
 def _turn_between(a, b, names) -> float | None:
     """Largest rotation difference (deg) between the cameras of two models of the same views
     after the similarity that aligns them; None when b is mirrored against a."""
@@ -478,9 +486,8 @@ def _turn_between(a, b, names) -> float | None:
         by_name = {im.name: im for im in model.images.values()}
         out = []
         for n in names:
-            T = np.eye(4)
-            T[:3] = by_name[n].cam_from_world().matrix()
-            out.append(Camera(K=torch.eye(3), T_cam_world=torch.from_numpy(T).float(), width=1, height=1))
+            out.append(Camera(K=torch.eye(3), T_cam_world=torch.from_numpy(_cam_from_world(by_name[n])).float(),
+                              width=1, height=1))
         return out
 
     ca, cb = cameras(a), cameras(b)
@@ -661,9 +668,7 @@ def _model(model, views, names, db_path: Path, route: str, attempts: list[str], 
         for v, n in zip(views, names):
             image = by_name[n]
             cam = image.camera
-            pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-            T = np.eye(4)
-            T[:3] = pose.matrix()
+            T = _cam_from_world(image)
             K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
             K[0] *= v.width / cam.width  # extraction may downscale
             K[1] *= v.height / cam.height
