@@ -342,6 +342,15 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                            "metrics": impl, "posed": scene.posed, "render_settings": asdict(settings),
                            "test_poses": scene.meta.get("poses", {}).get("test_poses", "dataset (posed)"),
                            "poses": scene.meta.get("poses")}
+    # Which rasteriser ran, with which instruction set and thread count (float rounding
+    # depends on both); a fall back to the reference renderer is a named fallback too.
+    from recon.render import backend_record
+
+    metrics["compute"] = backend_record(settings.backend, g.means.device)
+    if metrics["compute"]["fallback_reason"] is not None:
+        fallbacks.append({"stage": "render", "wanted": "cpu" if g.means.device.type == "cpu" else "cuda",
+                          "used": metrics["compute"]["used"],
+                          "reason": metrics["compute"]["fallback_reason"]})
     metrics["fallbacks"] = fallbacks
     metrics["camera_refinement"] = result.camera_refinement
     # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).

@@ -257,6 +257,11 @@ def test_recon_fit_end_to_end(tmp_path, capsys):
     assert metrics["protocol"]["views"] == 5 and metrics["protocol"]["resolution"] == [40, 30]
     assert metrics["num_gaussians"] == len(read_ply(run / "point_cloud.ply"))
     assert metrics["fit_seconds"] > 0 and metrics["peak_rss_bytes"] > 0
+    # What rasterised, with the instruction set and thread count that fix its float rounding.
+    compute = metrics["compute"]
+    assert (compute["requested"], compute["used"], compute["fallback_reason"]) == ("auto", "cpu", None)
+    assert compute["cpu_isa"] in ("generic", "avx2", "avx512") and compute["threads"] == torch.get_num_threads()
+    assert not [f for f in metrics["fallbacks"] if f["stage"] == "render"]
     # A posed dataset's cameras are taken as given: pose.refine and pose.refine_focal "auto" leave them.
     refined = metrics["camera_refinement"]
     assert refined["poses"] is False and refined["focal"] is False and "test_focal_scales" not in refined
@@ -275,6 +280,33 @@ def test_recon_fit_end_to_end(tmp_path, capsys):
     assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
     again = json.loads((run / "metrics.json").read_text())
     assert again["test"]["psnr"] == pytest.approx(metrics["test"]["psnr"], abs=1e-9)
+
+
+def test_fit_names_the_reference_renderer_when_the_extension_fails(tmp_path, monkeypatch):
+    """backend=auto falls back to the dense torch renderer when the C++ extension cannot be
+    built; metrics.json says so under fallbacks and compute, never silently."""
+    import recon.render as rr
+    from recon.cli import main
+    from recon.errors import MissingDependencyError
+    from recon.render import _ext
+
+    def broken(verbose=False):
+        raise MissingDependencyError("no C++ compiler found (test)")
+
+    monkeypatch.setattr(_ext, "load", broken)
+    monkeypatch.setattr(rr, "_auto_fallback_warned", False)
+    run = tmp_path / "run"
+    args = ["fit", "builtin:synthetic", "--views", "3", "--config", "fast", "--out", str(run), "--no-progress",
+            "--set", "data.width=32", "--set", "optim.iterations=4", "--set", "init.method=random",
+            "--set", "init.random_points=200", "--set", "pseudo.start=100"]
+    with pytest.warns(UserWarning, match="reference renderer"):
+        assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["compute"]["used"] == "reference" and "no C++ compiler" in metrics["compute"]["fallback_reason"]
+    assert "cpu_isa" not in metrics["compute"]
+    render_fallbacks = [f for f in metrics["fallbacks"] if f["stage"] == "render"]
+    assert render_fallbacks == [{"stage": "render", "wanted": "cpu", "used": "reference",
+                                 "reason": metrics["compute"]["fallback_reason"]}]
 
 
 def test_unposed_folder_recovers_poses_and_fits(tmp_path):

@@ -28,13 +28,14 @@ import torch
 from recon.errors import ConfigError, MissingDependencyError, ReconError
 from recon.types import Camera, Gaussians, RenderOutput, RenderSettings
 
-__all__ = ["render", "available_backends"]
+__all__ = ["render", "available_backends", "backend_record"]
 
 _BACKENDS = ("auto", "cpu", "cuda", "gsplat", "reference")
 # Flip to True once apps/gpu_check.sh has passed the CUDA parity tests on a real GPU; until
 # then "auto" on CUDA tensors uses gsplat's rasteriser (validated upstream).
 CUDA_BACKEND_VALIDATED = False
 _auto_fallback_warned = False
+_auto_fallback_reason: str | None = None  # why "auto" fell back to the reference renderer
 _auto_gsplat_said = False
 _distortion_warned = False
 
@@ -84,6 +85,24 @@ def _finish(proj, rgb, depth_sum, alpha, background) -> RenderOutput:
                         radii=radii, visible=radii > 0)
 
 
+def backend_record(name: str = "auto", device: str | torch.device = "cpu") -> dict:
+    """What rasterises for ``RenderSettings.backend=name`` on ``device``: the backend asked
+    for and the one used, the reason when they differ by a fallback, and for our CPU kernels
+    the instruction set picked at run time and torch's thread count, since both change float
+    rounding (metrics.json "compute"; a fit is bit-reproducible only for the same pair)."""
+    device = torch.device(device)
+    used = _pick_backend(name, device)
+    record: dict = {"requested": name, "used": used, "device": str(device),
+                    "fallback_reason": _auto_fallback_reason if used == "reference" and name == "auto" else None,
+                    "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if used == "cpu":
+        from recon.render import _ext
+
+        ext = _ext.load()
+        record.update(cpu_isa=ext.cpu_isa(), cpu_isa_float_lanes=int(ext.cpu_isa_float_lanes()))
+    return record
+
+
 def available_backends() -> list[str]:
     """Backends that can run here, best first ("reference" is always available)."""
     out = []
@@ -104,7 +123,7 @@ def available_backends() -> list[str]:
 
 
 def _pick_backend(name: str, device: torch.device) -> str:
-    global _auto_fallback_warned, _auto_gsplat_said
+    global _auto_fallback_warned, _auto_gsplat_said, _auto_fallback_reason
     if name not in _BACKENDS:
         raise ConfigError(f"render backend {name!r} is unknown; use one of {', '.join(_BACKENDS)}")
     if name == "reference":
@@ -139,6 +158,7 @@ def _pick_backend(name: str, device: torch.device) -> str:
     except ReconError as err:
         if name != "auto":
             raise  # MissingDependencyError with the fix
+        _auto_fallback_reason = str(err)
         if not _auto_fallback_warned:
             warnings.warn(f"falling back to the slow reference renderer: {err}", stacklevel=3)
             _auto_fallback_warned = True
