@@ -30,8 +30,22 @@ DATA = Path("/work/shared/data")
 GENERATED = dict(seed=0, n_views=17, width=400, height=300, arc_deg=60.0)  # test 0, 8, 16; 7.5 deg steps
 
 
-def image_folder(scene: str, work: Path) -> tuple[Path, Path]:
-    """(plain folder of the images, posed dataset folder) for a scene name."""
+BUILTIN = "builtin:synthetic"  # scene "builtin": the embedded forward-facing scene, fitted with its own preset
+
+
+def image_folder(scene: str, work: Path) -> tuple[Path, Path | str]:
+    """(plain folder of the images, posed dataset folder or spec) for a scene name."""
+    if scene == "builtin":
+        plain = work / "folders" / "builtin"
+        if not plain.is_dir():
+            import imageio.v3 as iio
+
+            from recon.data import load_scene
+
+            plain.mkdir(parents=True)
+            for v in load_scene(BUILTIN).views:  # 8-bit PNGs, as a user's photos would be
+                iio.imwrite(plain / f"{v.name}.png", (v.image.clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
+        return plain, BUILTIN
     if scene == "generated":
         posed, plain = work / "generated_llff", work / "folders" / "generated"
         if not (posed / "poses_bounds.npy").is_file():
@@ -78,7 +92,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/unposed/bench"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/unposed"))
     ap.add_argument("--scenes", nargs="+", default=["llff_fern", "llff_flower", "llff_orchids", "generated",
-                                                    "llff_leaves"])
+                                                    "llff_leaves"],
+                    help="scene folders under the data root, 'generated' (a 400x300 orbit scene) or 'builtin' "
+                         "(builtin:synthetic, fitted with the synthetic preset)")
     ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--config", default="llff3")
     ap.add_argument("--seed", type=int, default=0)
@@ -96,7 +112,7 @@ def main() -> int:
         poses_only(args.scenes, args.views, args.work, args.out)
         return 0
     recon = [sys.executable, "-m", "recon.cli"]
-    common = ["--config", args.config, "--views", str(args.views), "--seed", str(args.seed), "--no-progress",
+    common = ["--views", str(args.views), "--seed", str(args.seed), "--no-progress",
               "--set", "threads=1", *sum((["--set", o] for o in args.overrides), [])]
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -109,7 +125,8 @@ def main() -> int:
             if (args.only and kind != args.only) or args.collect:
                 continue
             folder = posed if kind == "posed" else plain
-            cmd = [*recon, "fit", str(folder), "--out", str(run), "--protocol", "llff", *common]
+            config = "synthetic" if scene == "builtin" else args.config  # the preset `recon fit` picks for it
+            cmd = [*recon, "fit", str(folder), "--out", str(run), "--protocol", "llff", "--config", config, *common]
             run.parent.mkdir(parents=True, exist_ok=True)
             records[kind] = fit(cmd, run, run.parent / f"{run.name}.log")
         rows.append(collect(scene, runs, records, posed))
@@ -117,7 +134,7 @@ def main() -> int:
     return 0
 
 
-def collect(scene: str, runs: dict, records: dict, gt: Path) -> dict:
+def collect(scene: str, runs: dict, records: dict, gt: Path | str) -> dict:
     row: dict = {"scene": scene}
     for kind, run in runs.items():
         m = run / "metrics.json"
@@ -159,7 +176,8 @@ def write(args, rows: list[dict]) -> None:
     name = f"unposed_v{args.views}"
     (args.out / f"{name}.json").write_text(json.dumps({"views": args.views, "config": args.config, "seed": args.seed,
                                                        "overrides": args.overrides, "rows": rows}, indent=2))
-    lines = [f"# Unposed vs posed, {args.views} training views (LLFF protocol, preset {args.config}, seed {args.seed})",
+    preset = args.config + (" (builtin: synthetic)" if "builtin" in args.scenes else "")
+    lines = [f"# Unposed vs posed, {args.views} training views (LLFF protocol, preset {preset}, seed {args.seed})",
              "", "Pose errors: training cameras after similarity alignment to the dataset's poses (rotation from the "
              "cameras' orientations, scale/translation from their centres); centre error in % of the largest distance "
              "between two ground-truth training cameras. PSNR unposed: test poses registered against the frozen "
