@@ -242,11 +242,32 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
     // the rows to blend, in increasing y: one loop trip per row, no per-row branch to predict
-    for (uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & live_rows; rows != 0; rows &= rows - 1) {
+    const uint32_t blend_rows = crossing_rows<T, TS>(s, tile, x0) & live_rows;
+    // First every row's alpha (0 where it does not pass the threshold), then the blending: the rows'
+    // exp chains are independent, so written apart they overlap instead of each row's blend waiting
+    // on its own exp. The same operations on the same values as one loop: the same results.
+    alignas(64) T alpha_rows[TS][TS];
+    for (uint32_t rows = blend_rows; rows != 0; rows &= rows - 1) {
       const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
+      T* __restrict al = alpha_rows[y];
+#pragma omp simd
+      for (int x = 0; x < TS; ++x) {
+        const T dx = mx - (x0 + T(x));
+        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
+        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
+        const T raw = op * simd_exp(-sigma);
+        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
+        // Masks as 0/1 values: boolean logic here stops GCC from vectorising.
+        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0));
+        al[x] = okf > T(0) ? a : T(0);  // a passing the threshold is > 0
+      }
+    }
+    for (uint32_t rows = blend_rows; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
+      lanes += TS;
+      const T* __restrict al = alpha_rows[y];
       T* __restrict tr = Tr + y * TS;
       T* __restrict r0 = ar + y * TS;
       T* __restrict r1 = ag + y * TS;
@@ -257,13 +278,8 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
       T* __restrict nb = lane_blended;
 #pragma omp simd
       for (int x = 0; x < TS; ++x) {
-        const T dx = mx - (x0 + T(x));
-        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
-        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T raw = op * simd_exp(-sigma);
-        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
-        // Masks as 0/1 values: boolean logic here stops GCC from vectorising.
-        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0)) * lv[x];
+        const T a = al[x];
+        const T okf = (a > T(0) ? T(1) : T(0)) * lv[x];
         const T next = tr[x] * (T(1) - a);
         const T termf = next <= T(kTransmittanceMin) ? okf : T(0);
         const T blendf = okf - termf;
@@ -356,11 +372,35 @@ RECON_TILE_INLINE void backward_walk(const PackedSplat<T>* g, const int32_t* ids
     if (rows == 0) continue;  // its slot keeps the tile's zeros
     for (int j = 0; j < G; ++j)
       for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
+    // First every row's Gaussian value and raw alpha (0 where sigma < 0 or alpha below the threshold:
+    // those lanes take no part below), then the walk: the rows' exp chains overlap (see forward_tile).
+    alignas(64) T gs_rows[TS][TS], raw_rows[TS][TS];
+    for (uint32_t r = rows; r != 0; r &= r - 1) {
+      const int y = __builtin_ctz(r);
+      const T dy = my - (T(tile.y0 + y) + T(0.5));
+      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
+      T* __restrict gr = gs_rows[y];
+      T* __restrict rr = raw_rows[y];
+#pragma omp simd
+      for (int x = 0; x < TS; ++x) {
+        const T dx = mx - (x0 + T(x));
+        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
+        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
+        const T gs = simd_exp(-sigma);
+        const T raw = op * gs;
+        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
+        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0));
+        gr[x] = gs;
+        rr[x] = okf > T(0) ? raw : T(0);  // a raw alpha passing the threshold is > 0
+      }
+    }
     for (; rows != 0; rows &= rows - 1) {
       const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
       lanes += TS;
-      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
+      const T bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
+      const T* __restrict gr = gs_rows[y];
+      const T* __restrict rr = raw_rows[y];
       const int row = y * TS;
       T* __restrict tr = Tr + row;
       T* __restrict q0 = br + row;
@@ -387,14 +427,10 @@ RECON_TILE_INLINE void backward_walk(const PackedSplat<T>* g, const int32_t* ids
 #pragma omp simd
       for (int x = 0; x < TS; ++x) {
         const T dx = mx - (x0 + T(x));
-        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
-        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T gs = simd_exp(-sigma);
-        const T raw = op * gs;
+        const T gs = gr[x], raw = rr[x];
         const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
         // Blended in forward: the same test, on the entries before the pixel stopped.
-        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0)) *
-                      (kf < ls[x] ? T(1) : T(0));
+        const T okf = (raw > T(0) ? T(1) : T(0)) * (kf < ls[x] ? T(1) : T(0));
         const T inv1m = T(1) / (T(1) - a);
         const T Ti = tr[x] * inv1m;
         const T w = okf > T(0) ? a * Ti : T(0);
