@@ -96,6 +96,27 @@ def test_sparse_upstream_gradient_matches_reference():
         assert (r - c).abs().max().item() <= 1e-6 * (1 + r.abs().max().item())
 
 
+@pytest.mark.parametrize("supervised", ["depth", "rgb", "alpha"])
+def test_one_output_supervised_matches_reference(supervised):
+    """A loss on one output only (a pseudo view's depth, the binocular shifted render's colour): the
+    backward leaves out the terms of the channels without gradient, and the gradients stay the reference's."""
+    g = random_gaussians(300, dtype=torch.float64, log_scale=-2.5)
+    cams = cameras(45, 37, n=2, dtype=torch.float64, grad=True)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        for t in (*g.tensors(), *(c.T_cam_world for c in cams)):
+            t.grad = None
+        out = _render(g, cams, backend, background=(0.3, 0.2, 0.1))
+        x = getattr(out, supervised)
+        gen = torch.Generator().manual_seed(5)
+        (x * torch.randn(x.shape, generator=gen, dtype=x.dtype)).sum().backward()
+        # the colours get no gradient from depth or alpha alone (None from the reference)
+        grads[backend] = [torch.zeros_like(t) if t.grad is None else t.grad.clone()
+                          for t in (*g.tensors(), *(c.T_cam_world for c in cams))]
+    for r, c in zip(grads["reference"], grads["cpu"]):
+        assert (r - c).abs().max().item() <= 1e-6 * (1 + r.abs().max().item())
+
+
 def test_gradients_float32_close_to_reference():
     g = random_gaussians(400, log_scale=-2.5)
     cams = cameras(40, 30, n=2, grad=True)

@@ -242,11 +242,32 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
     const T mx = s.mx, my = s.my, ca = s.conic.a, cb = s.conic.b, cc = s.conic.c;
     const T op = s.opacity, c0 = s.col[0], c1 = s.col[1], c2 = s.col[2], dep = s.depth;
     // the rows to blend, in increasing y: one loop trip per row, no per-row branch to predict
-    for (uint32_t rows = crossing_rows<T, TS>(s, tile, x0) & live_rows; rows != 0; rows &= rows - 1) {
+    const uint32_t blend_rows = crossing_rows<T, TS>(s, tile, x0) & live_rows;
+    // First every row's alpha (0 where it does not pass the threshold), then the blending: the rows'
+    // exp chains are independent, so written apart they overlap instead of each row's blend waiting
+    // on its own exp. The same operations on the same values as one loop: the same results.
+    alignas(64) T alpha_rows[TS][TS];
+    for (uint32_t rows = blend_rows; rows != 0; rows &= rows - 1) {
       const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
-      lanes += TS;
       const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
+      T* __restrict al = alpha_rows[y];
+#pragma omp simd
+      for (int x = 0; x < TS; ++x) {
+        const T dx = mx - (x0 + T(x));
+        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
+        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
+        const T raw = op * simd_exp(-sigma);
+        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
+        // Masks as 0/1 values: boolean logic here stops GCC from vectorising.
+        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0));
+        al[x] = okf > T(0) ? a : T(0);  // a passing the threshold is > 0
+      }
+    }
+    for (uint32_t rows = blend_rows; rows != 0; rows &= rows - 1) {
+      const int y = __builtin_ctz(rows);
+      lanes += TS;
+      const T* __restrict al = alpha_rows[y];
       T* __restrict tr = Tr + y * TS;
       T* __restrict r0 = ar + y * TS;
       T* __restrict r1 = ag + y * TS;
@@ -257,13 +278,8 @@ RECON_TILE_INLINE void forward_tile(const PackedSplat<T>* g, const int32_t* ids,
       T* __restrict nb = lane_blended;
 #pragma omp simd
       for (int x = 0; x < TS; ++x) {
-        const T dx = mx - (x0 + T(x));
-        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
-        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T raw = op * simd_exp(-sigma);
-        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
-        // Masks as 0/1 values: boolean logic here stops GCC from vectorising.
-        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0)) * lv[x];
+        const T a = al[x];
+        const T okf = (a > T(0) ? T(1) : T(0)) * lv[x];
         const T next = tr[x] * (T(1) - a);
         const T termf = next <= T(kTransmittanceMin) ? okf : T(0);
         const T blendf = okf - termf;
@@ -315,53 +331,29 @@ RECON_TILE_INLINE void lane_sums(T (&acc)[G][TS], T* out) {
   }
 }
 
-// Back-to-front walk of one tile's list, recovering each pixel's transmittance from the
-// forward's final one. Inputs start at the tile's top-left pixel (rows tile.stride apart).
-// Writes the gradient contribution of this tile to every entry k < n of its list into
-// grads[k * kGradSlots ...] (zeros for entries that blended nowhere in the tile), so the
-// caller can sum them per Gaussian in a fixed order.
-template <typename T, int TS>
-RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile,
-                                     const T* alpha, const int32_t* n_contrib, const T* v_rgb,
-                                     const T* v_depth_sum, const T* v_alpha, T* grads, TileCounts& counts) {
-  constexpr int P = TS * TS;
-  constexpr int G = kGradSlots;
+// The per-pixel state of one tile's backward walk (backward_tile fills it, backward_walk reads it).
+template <typename T, int TS> struct BackwardState {
+  static constexpr int P = TS * TS;
   // Per pixel: transmittance (walking back to front), final transmittance, colour and depth
   // already accumulated behind, upstream gradients, entries blended in forward.
   alignas(64) T Tr[P], Tf[P], br[P], bg[P], bb[P], bd[P], vr[P], vg[P], vb[P], vd[P], va[P], last[P];
   T row_last[TS];  // largest entry count of the row: entries at or past it blend nowhere there
-  int32_t max_last = 0;
-  for (int q = 0; q < P; ++q) {  // padding pixels: nothing blended, no gradient
-    Tf[q] = Tr[q] = T(1);
-    br[q] = bg[q] = bb[q] = bd[q] = vr[q] = vg[q] = vb[q] = vd[q] = va[q] = T(0);
-    last[q] = T(0);
-  }
-  for (int y = 0; y < TS; ++y) row_last[y] = T(0);
-  // Rows with a nonzero upstream gradient somewhere. A row without one adds exactly zero to every slot
-  // (each term is a finite value times a zero gradient), and its pixels' state is read only by its own
-  // terms, so it is skipped: a sparse loss (the pseudo views' depth prior) leaves many such rows.
-  uint32_t grad_rows = 0;
-  for (int y = 0; y < tile.h; ++y) {
-    bool any = false;
-    for (int x = 0; x < tile.w; ++x) {
-      const int q = y * TS + x;
-      const int64_t pix = int64_t(y) * tile.stride + x;
-      Tf[q] = Tr[q] = T(1) - alpha[pix];
-      vr[q] = v_rgb[3 * pix];
-      vg[q] = v_rgb[3 * pix + 1];
-      vb[q] = v_rgb[3 * pix + 2];
-      vd[q] = v_depth_sum[pix];
-      va[q] = v_alpha[pix];
-      any = any | (vr[q] != T(0)) | (vg[q] != T(0)) | (vb[q] != T(0)) | (vd[q] != T(0)) | (va[q] != T(0));
-      last[q] = T(n_contrib[pix]);
-      row_last[y] = std::max(row_last[y], last[q]);
-      max_last = std::max(max_last, n_contrib[pix]);
-    }
-    grad_rows |= any ? 1u << y : 0u;
-  }
-  const int64_t n_walk = grad_rows == 0 ? 0 : std::min<int64_t>(max_last, n);
-  std::memset(grads, 0, sizeof(T) * size_t(n) * G);  // entries that blend nowhere here stay 0
-  int64_t lanes = 0;
+};
+
+// The back-to-front walk of backward_tile over entries [0, n_walk). kColour / kDepth false: the tile's
+// colour / depth upstream gradients are all zero, and the terms they multiply are left out. Each left-out
+// term is a finite value times +-0, so what remains is the same arithmetic on the same values: the slots
+// come out bit-identical to the full walk's (up to the sign of a zero). A pseudo view supervises only
+// depth, the binocular shifted render only colour: their backward skips a quarter / a tenth of the work.
+template <typename T, int TS, bool kColour, bool kDepth>
+RECON_TILE_INLINE void backward_walk(const PackedSplat<T>* g, const int32_t* ids, int64_t n_walk,
+                                     const Tile& tile, BackwardState<T, TS>& st, uint32_t grad_rows, T* grads,
+                                     int64_t& lanes) {
+  constexpr int G = kGradSlots;
+  T* Tr = st.Tr;
+  T *br = st.br, *bg = st.bg, *bb = st.bb, *bd = st.bd;
+  const T *Tf = st.Tf, *vr = st.vr, *vg = st.vg, *vb = st.vb, *vd = st.vd, *va = st.va, *last = st.last;
+  const T* row_last = st.row_last;
   const T x0 = T(tile.x0) + T(0.5);
   // Per-lane partial sums of one entry's gradient over its rows, reduced once per entry
   // (lane_sums): a horizontal reduction per row and slot cost more than the row itself.
@@ -380,11 +372,35 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     if (rows == 0) continue;  // its slot keeps the tile's zeros
     for (int j = 0; j < G; ++j)
       for (int x = 0; x < TS; ++x) acc[j][x] = T(0);
+    // First every row's Gaussian value and raw alpha (0 where sigma < 0 or alpha below the threshold:
+    // those lanes take no part below), then the walk: the rows' exp chains overlap (see forward_tile).
+    alignas(64) T gs_rows[TS][TS], raw_rows[TS][TS];
+    for (uint32_t r = rows; r != 0; r &= r - 1) {
+      const int y = __builtin_ctz(r);
+      const T dy = my - (T(tile.y0 + y) + T(0.5));
+      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy;
+      T* __restrict gr = gs_rows[y];
+      T* __restrict rr = raw_rows[y];
+#pragma omp simd
+      for (int x = 0; x < TS; ++x) {
+        const T dx = mx - (x0 + T(x));
+        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
+        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
+        const T gs = simd_exp(-sigma);
+        const T raw = op * gs;
+        const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
+        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0));
+        gr[x] = gs;
+        rr[x] = okf > T(0) ? raw : T(0);  // a raw alpha passing the threshold is > 0
+      }
+    }
     for (; rows != 0; rows &= rows - 1) {
       const int y = __builtin_ctz(rows);
       const T dy = my - (T(tile.y0 + y) + T(0.5));
       lanes += TS;
-      const T hcdy2 = T(0.5) * cc * dy * dy, bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
+      const T bdy = cb * dy, hdy2 = T(0.5) * dy * dy;
+      const T* __restrict gr = gs_rows[y];
+      const T* __restrict rr = raw_rows[y];
       const int row = y * TS;
       T* __restrict tr = Tr + row;
       T* __restrict q0 = br + row;
@@ -411,28 +427,38 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
 #pragma omp simd
       for (int x = 0; x < TS; ++x) {
         const T dx = mx - (x0 + T(x));
-        // = gaussian_sigma(conic, dx, dy) of recon/math.h, with the dy terms hoisted
-        const T sigma = T(0.5) * ca * dx * dx + bdy * dx + hcdy2;
-        const T gs = simd_exp(-sigma);
-        const T raw = op * gs;
+        const T gs = gr[x], raw = rr[x];
         const T a = raw < T(kAlphaCap) ? raw : T(kAlphaCap);
         // Blended in forward: the same test, on the entries before the pixel stopped.
-        const T okf = (sigma >= T(0) ? T(1) : T(0)) * (a >= T(kAlphaThreshold) ? T(1) : T(0)) *
-                      (kf < ls[x] ? T(1) : T(0));
+        const T okf = (raw > T(0) ? T(1) : T(0)) * (kf < ls[x] ? T(1) : T(0));
         const T inv1m = T(1) / (T(1) - a);
         const T Ti = tr[x] * inv1m;
         const T w = okf > T(0) ? a * Ti : T(0);
-        a_r[x] += w * u0[x];
-        a_g[x] += w * u1[x];
-        a_b[x] += w * u2[x];
-        a_dep[x] += w * ud[x];
-        const T v_a = Ti * (c0 * u0[x] + c1 * u1[x] + c2 * u2[x] + dep * ud[x]) -
-                      (q0[x] * u0[x] + q1[x] * u1[x] + q2[x] * u2[x] + qd[x] * ud[x]) * inv1m +
-                      ua[x] * tf[x] * inv1m;
-        q0[x] += w * c0;
-        q1[x] += w * c1;
-        q2[x] += w * c2;
-        qd[x] += w * dep;
+        // The sums in the full walk's order, c0 u0 + c1 u1 + c2 u2 + dep ud (and the q's likewise),
+        // with the zero terms of a skipped channel left out.
+        T front, behind;
+        if constexpr (kColour) {
+          a_r[x] += w * u0[x];
+          a_g[x] += w * u1[x];
+          a_b[x] += w * u2[x];
+          front = c0 * u0[x] + c1 * u1[x] + c2 * u2[x];
+          behind = q0[x] * u0[x] + q1[x] * u1[x] + q2[x] * u2[x];
+          if constexpr (kDepth) {
+            front = front + dep * ud[x];
+            behind = behind + qd[x] * ud[x];
+          }
+        } else {
+          front = dep * ud[x];
+          behind = qd[x] * ud[x];
+        }
+        if constexpr (kDepth) a_dep[x] += w * ud[x];
+        const T v_a = Ti * front - behind * inv1m + ua[x] * tf[x] * inv1m;
+        if constexpr (kColour) {
+          q0[x] += w * c0;
+          q1[x] += w * c1;
+          q2[x] += w * c2;
+        }
+        if constexpr (kDepth) qd[x] += w * dep;
         tr[x] = okf > T(0) ? Ti : tr[x];
         // The alpha cap is flat: no gradient flows through a capped alpha.
         const T livef = raw <= T(kAlphaCap) ? okf : T(0);
@@ -447,6 +473,63 @@ RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids
     }
     lane_sums<T, TS, G>(acc, grads + k * G);
   }
+}
+
+// Back-to-front walk of one tile's list, recovering each pixel's transmittance from the
+// forward's final one. Inputs start at the tile's top-left pixel (rows tile.stride apart).
+// Writes the gradient contribution of this tile to every entry k < n of its list into
+// grads[k * kGradSlots ...] (zeros for entries that blended nowhere in the tile), so the
+// caller can sum them per Gaussian in a fixed order.
+template <typename T, int TS>
+RECON_TILE_INLINE void backward_tile(const PackedSplat<T>* g, const int32_t* ids, int64_t n, const Tile& tile,
+                                     const T* alpha, const int32_t* n_contrib, const T* v_rgb,
+                                     const T* v_depth_sum, const T* v_alpha, T* grads, TileCounts& counts) {
+  constexpr int P = TS * TS;
+  constexpr int G = kGradSlots;
+  BackwardState<T, TS> st;
+  for (int q = 0; q < P; ++q) {  // padding pixels: nothing blended, no gradient
+    st.Tf[q] = st.Tr[q] = T(1);
+    st.br[q] = st.bg[q] = st.bb[q] = st.bd[q] = st.vr[q] = st.vg[q] = st.vb[q] = st.vd[q] = st.va[q] = T(0);
+    st.last[q] = T(0);
+  }
+  for (int y = 0; y < TS; ++y) st.row_last[y] = T(0);
+  int32_t max_last = 0;
+  // Rows with a nonzero upstream gradient somewhere. A row without one adds exactly zero to every slot
+  // (each term is a finite value times a zero gradient), and its pixels' state is read only by its own
+  // terms, so it is skipped: a sparse loss (the pseudo views' depth prior) leaves many such rows.
+  uint32_t grad_rows = 0;
+  bool any_colour = false, any_depth = false;
+  for (int y = 0; y < tile.h; ++y) {
+    bool colour = false, depth = false, other = false;
+    for (int x = 0; x < tile.w; ++x) {
+      const int q = y * TS + x;
+      const int64_t pix = int64_t(y) * tile.stride + x;
+      st.Tf[q] = st.Tr[q] = T(1) - alpha[pix];
+      st.vr[q] = v_rgb[3 * pix];
+      st.vg[q] = v_rgb[3 * pix + 1];
+      st.vb[q] = v_rgb[3 * pix + 2];
+      st.vd[q] = v_depth_sum[pix];
+      st.va[q] = v_alpha[pix];
+      colour = colour | (st.vr[q] != T(0)) | (st.vg[q] != T(0)) | (st.vb[q] != T(0));
+      depth = depth | (st.vd[q] != T(0));
+      other = other | (st.va[q] != T(0));
+      st.last[q] = T(n_contrib[pix]);
+      st.row_last[y] = std::max(st.row_last[y], st.last[q]);
+      max_last = std::max(max_last, n_contrib[pix]);
+    }
+    grad_rows |= (colour | depth | other) ? 1u << y : 0u;
+    any_colour = any_colour | colour;
+    any_depth = any_depth | depth;
+  }
+  const int64_t n_walk = grad_rows == 0 ? 0 : std::min<int64_t>(max_last, n);
+  std::memset(grads, 0, sizeof(T) * size_t(n) * G);  // entries that blend nowhere here stay 0
+  int64_t lanes = 0;
+  if (any_colour && any_depth)
+    backward_walk<T, TS, true, true>(g, ids, n_walk, tile, st, grad_rows, grads, lanes);
+  else if (any_colour)
+    backward_walk<T, TS, true, false>(g, ids, n_walk, tile, st, grad_rows, grads, lanes);
+  else  // no colour gradient (and perhaps no depth gradient: its terms are then zeros)
+    backward_walk<T, TS, false, true>(g, ids, n_walk, tile, st, grad_rows, grads, lanes);
   counts.lanes += lanes;
 }
 
