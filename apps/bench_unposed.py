@@ -30,22 +30,14 @@ DATA = Path("/work/shared/data")
 GENERATED = dict(seed=0, n_views=17, width=400, height=300, arc_deg=60.0)  # test 0, 8, 16; 7.5 deg steps
 
 
-BUILTIN = "builtin:synthetic"  # scene "builtin": the embedded forward-facing scene, fitted with its own preset
-
-
 def image_folder(scene: str, work: Path) -> tuple[Path, Path | str]:
     """(plain folder of the images, posed dataset folder or spec) for a scene name."""
-    if scene == "builtin":
-        plain = work / "folders" / "builtin"
-        if not plain.is_dir():
-            import imageio.v3 as iio
+    if scene == "builtin":  # builtin:synthetic's views as 8-bit PNGs: the pose-table script's "generated" scene
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        from unposed_poses import photo_folder
 
-            from recon.data import load_scene
-
-            plain.mkdir(parents=True)
-            for v in load_scene(BUILTIN).views:  # 8-bit PNGs, as a user's photos would be
-                iio.imwrite(plain / f"{v.name}.png", (v.image.clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
-        return plain, BUILTIN
+        # its own work folder: this script's "generated" is another scene and uses work/folders/generated
+        return photo_folder("generated", work / "builtin", None)
     if scene == "generated":
         posed, plain = work / "generated_llff", work / "folders" / "generated"
         if not (posed / "poses_bounds.npy").is_file():
