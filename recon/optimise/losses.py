@@ -95,6 +95,18 @@ def photometric(pred: Tensor, gt: Tensor, ssim_weight: float, mask: Tensor | Non
     return loss
 
 
+def mutual_photometric(a: Tensor, b: Tensor, ssim_weight: float) -> Tensor:
+    """``photometric(a, b, ssim_weight)`` with its gradient in both images (two renders compared with each
+    other, recon.optimise.coreg). The fused CPU SSIM differentiates its first argument only; SSIM is
+    symmetric in its arguments, so SSIM(a, b.detach()) + SSIM(b, a.detach()) - SSIM(a, b).detach() has
+    the value SSIM(a, b) and its full gradient in a and in b (tests/test_coreg.py checks it against torch)."""
+    loss = (1.0 - ssim_weight) * l1(a, b)
+    if ssim_weight > 0:
+        both = ssim(a, b.detach()) + ssim(b, a.detach())
+        loss = loss + ssim_weight * (1.0 - (both - both.detach() / 2))
+    return loss
+
+
 def psnr(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> float:
     """PSNR in dB of images in [0, 1] (float64 MSE over every pixel and channel, or over the
     pixels of ``mask`` [H, W] only). The one PSNR of recon: the trainer's readout and the
