@@ -137,6 +137,11 @@ def fit_scene(
         import yaml
 
         cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+        if cfg.coreg.enabled:
+            raise ConfigError(
+                f"cannot resume {run}: it was fitted with coreg.enabled=true, and its checkpoints hold only the "
+                f"first of the two co-regularised fields (recon/optimise/coreg.py), not the partner; fit it "
+                f"again from the start")
     else:
         cfg = _resolve_config(config)
         if views is not None:
@@ -249,6 +254,14 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
     try:
         trainer = Trainer(cfg, p.gaussians, p.data, render_fn=render_fn, listeners=[log, *listeners], control=control,
                           refine_poses=refine_poses, refine_focal=refine_focal, depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
+        coupling = None
+        if cfg.coreg.enabled:  # CoR-GS: a partner field, stepped by the trainer in lockstep (recon.optimise.coreg)
+            from recon.optimise.coreg import CoRegularisation, partner_config
+
+            partner = Trainer(partner_config(cfg), p.gaussians, p.data, render_fn=render_fn,
+                              refine_poses=refine_poses, refine_focal=refine_focal,
+                              depth_model=_uncached(p.depth_model), refiner=p.refiner, run_dir=str(run))
+            coupling = trainer.coupling = CoRegularisation(cfg.coreg, partner, cfg.seed)
         initial = resumed = None
         earlier, session = 0.0, 1  # wall time of earlier sessions, up to the checkpoint resumed from
         if resume:
@@ -298,7 +311,7 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
             test = [replace(v, camera=c) for v, c in zip(test, cams)]
         metrics = _write_outputs(run, cfg, p.scene, p.split, p.train, test, result, render_fn,
                                  trainer.render_settings(trainer.max_sh), initial, t0 - earlier, resumed, p.init,
-                                 preset)
+                                 preset, coreg=coupling.record() if coupling is not None else None)
         for ls in trainer.listeners:
             ls.on_finish(FitFinished(result.iteration, str(run), metrics))
     finally:
@@ -308,7 +321,8 @@ def _fit(spec: str, run: Path, cfg: FitConfig, resume: bool, listeners: list, co
 
 def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train: list[View], test: list[View],
                    result, render_fn, settings, initial: dict | None, started: float,
-                   resumed: dict | None, init: dict, preset: dict | None = None) -> dict:
+                   resumed: dict | None, init: dict, preset: dict | None = None,
+                   coreg: dict | None = None) -> dict:
     """Writes the run folder's results (files by recon.export) and returns metrics.json's contents.
     metrics.json is written after the other files (report.html, which reads it, after it); its
     total_seconds is perf_counter() - ``started`` just before (earlier sessions moved ``started`` back)."""
@@ -353,6 +367,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
                           "reason": metrics["compute"]["fallback_reason"]})
     metrics["fallbacks"] = fallbacks
     metrics["camera_refinement"] = result.camera_refinement
+    metrics["coreg"] = coreg  # recon.optimise.coreg.CoRegularisation.record(), None without co-regularisation
     # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).
     metrics["data"] = {"format": scene.format, "resolution": scene.meta.get("resolution"),
                        "undistorted_views": scene.meta.get("undistorted_views", 0),

@@ -153,6 +153,27 @@ class BinocularConfig:
 
 
 @dataclass
+class CoregConfig:
+    """CoR-GS co-regularisation (Zhang et al., ECCV 2024; recon.optimise.coreg): a second Gaussian field trained
+    beside the fit's from the same initial Gaussians with seed + 1 (its own view order, dropout, pseudo
+    cameras), the two tied by a photometric loss between their renders at pseudo views and by co-pruning.
+    The fit's outputs are the first field's; the partner is discarded at the end."""
+
+    enabled: bool = False
+    weight: float = 1.0  # weight of the pseudo-view loss between the two fields' renders
+    ssim_weight: float = 0.2  # D-SSIM share of that loss (CoR-GS: 0.2)
+    start: int = 100  # first step with the co-regularisation loss
+    every: int = 1  # one co-regularised pseudo view every this many steps
+    # Render the co-regularised pseudo view at 1/downscale of the training render's size (the image pyramid's level)
+    downscale: int = 1
+    prune: bool = True  # co-pruning: drop Gaussians with no Gaussian of the other field near them
+    prune_every: int = 100  # co-pruning steps: every this many steps within densify.refine_start..refine_stop
+    # A Gaussian is pruned when the nearest centre of the other field is farther than this times the Gaussian's
+    # distance to the nearest training camera centre (a depth-relative test: see recon.optimise.coreg.co_prune_masks)
+    prune_threshold: float = 0.05
+
+
+@dataclass
 class PoseConfig:
     refine: str = "auto"  # "auto" (only for unposed scenes) | "on" | "off"
     lr: float = 1e-4
@@ -205,6 +226,7 @@ class FitConfig:
     depth: DepthConfig = field(default_factory=DepthConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     binocular: BinocularConfig = field(default_factory=BinocularConfig)
+    coreg: CoregConfig = field(default_factory=CoregConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     regularise: RegulariseConfig = field(default_factory=RegulariseConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
@@ -369,5 +391,12 @@ def validate(config: FitConfig) -> None:
     if config.binocular.every < 1 or config.binocular.downscale < 1:
         raise ConfigError(f"binocular.every and binocular.downscale must be >= 1, got {config.binocular.every} "
                           f"and {config.binocular.downscale}")
+    c = config.coreg
+    if c.every < 1 or c.downscale < 1 or c.prune_every < 1:
+        raise ConfigError(f"coreg.every, coreg.downscale and coreg.prune_every must be >= 1, got {c.every}, "
+                          f"{c.downscale} and {c.prune_every}")
+    if c.prune_threshold <= 0 or not 0 <= c.ssim_weight <= 1:
+        raise ConfigError(f"coreg.prune_threshold must be > 0 and coreg.ssim_weight in [0, 1], got "
+                          f"{c.prune_threshold} and {c.ssim_weight}")
     if config.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")

@@ -102,6 +102,8 @@ class Trainer:
                                                   start=config.pose.start, focal_start=config.pose.focal_start)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
+        # recon.optimise.coreg.CoRegularisation when a partner field is co-trained (coreg.enabled), else None
+        self.coupling = None
         cam0 = data.cameras[0]
         self.pyramid = ImagePyramid(data.images, data.depth_priors, cam0.width, cam0.height, data.masks)
         if config.optim.random_background:
@@ -291,6 +293,8 @@ class Trainer:
             terms["pseudo"] = pseudo
         if (diff := self._diffusion_loss(it, sh)) is not None:
             terms["diffusion"] = diff
+        if self.coupling is not None and (co := self.coupling.loss(self, it, sh, factor)) is not None:
+            terms["coreg"] = co  # its backward also leaves the partner field's share on the partner's parameters
         r = cfg.regularise
         if r.enabled:
             terms["reg"] = r.opacity_weight * losses.opacity_regulariser(self.params["opacities"]) + \
@@ -352,6 +356,8 @@ class Trainer:
                 break
             it = self.iteration + 1
             record = self.step(it)
+            if self.coupling is not None:  # the partner field's step it, and co-pruning
+                self.coupling.after_step(self, it)
             self.iteration = it
             self.seconds = base_seconds + time.perf_counter() - start - paused
             n = len(self.params["means"])
