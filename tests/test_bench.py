@@ -382,6 +382,13 @@ def test_interrupted_cell_continues_from_its_checkpoint(tmp_path):
         run_bench("spare3", tmp_path / "data", tmp_path / "out", fit_fn=killed_fit, **common)
     run_dir = tmp_path / "out" / "runs" / "synth" / "recon" / "seed0"
     assert not (run_dir / "cell.json").exists() and (run_dir / "checkpoints").is_dir()
+    # a config.yaml written by an older recon lacks the sections added since (here coreg): read at
+    # their defaults, it is still this cell's config
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["coreg"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
 
     result = run_bench("spare3", tmp_path / "data", tmp_path / "out", **common)
     (cell,) = result["cells"]
@@ -389,9 +396,14 @@ def test_interrupted_cell_continues_from_its_checkpoint(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["iterations"] == 12 and metrics["resumed"]["from_iteration"] == 5
 
-    # the same cell under another config (here another budget) is not continued from that folder
+    # the same cell under another config (here another budget) is not continued from that folder,
+    # and the folder with its checkpoints is moved aside, not deleted
     (run_dir / "cell.json").unlink()
     (run_dir / "metrics.json").unlink()
-    again = run_bench("spare3", tmp_path / "data", tmp_path / "out", **{**common, "iterations": 8})
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    with pytest.warns(RuntimeWarning, match=r"optim\.iterations.*moved to .*seed0\.set-aside-1"):
+        again = run_bench("spare3", tmp_path / "data", tmp_path / "out", **{**common, "iterations": 8})
     assert "continued_from_checkpoint" not in again["cells"][0]
     assert json.loads((run_dir / "metrics.json").read_text())["resumed"] is None
+    aside = run_dir.with_name("seed0.set-aside-1")
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == checkpoints

@@ -7,8 +7,10 @@ Layout of ``out_dir``::
     runs/<scene>/<method>/seed<k>/cell.json   written when the cell finished
     results.{md,json,csv}, cells.csv, plots/
 
-A bench that was interrupted resumes: cells with a ``cell.json`` are skipped, the others
-are fitted from scratch (a half-written run folder is overwritten). A cell that failed
+A bench that was interrupted resumes: cells with a ``cell.json`` are skipped, an interrupted
+cell continues from its latest checkpoint when its saved config is the cell's, and the others
+are fitted from scratch (a folder without a checkpoint is overwritten; one with a checkpoint
+under another config is moved aside to ``seed<k>.set-aside-<n>``, never deleted). A cell that failed
 (the data or set-up refused, a ReconError) writes ``failed.json`` instead: the next bench
 tries it again, ``--report-only`` lists it with its error.
 """
@@ -162,14 +164,48 @@ def _resumable(run_dir: Path, cfg, suite) -> bool:
 
     if latest_checkpoint(run_dir) is None:
         return False
+    return not _config_differences(saved, cfg, suite)
+
+
+def _config_differences(saved: Path, cfg, suite) -> list[str]:
+    """The dotted keys in which the config saved in a cell's folder differs from the cell's config
+    (threads aside), ``["config.yaml"]`` when the saved one no longer loads. The saved config is
+    read through ``from_dict`` first, so a section or key that a later recon added reads as its
+    default: a checkpoint written before such an upgrade stays resumable (it was not when the
+    comparison was of the raw files: the coreg section's arrival made a 7,500-step cell restart)."""
     import yaml
+
+    from recon.optimise.config import from_dict
 
     wanted = yaml.safe_load(cfg.to_yaml())  # as fit_scene writes it: the suite's views and protocol set
     wanted["data"].update(views=suite.n_views, protocol=suite.protocol)
-    found = yaml.safe_load(saved.read_text()) or {}
-    wanted.pop("threads", None)
-    found.pop("threads", None)
-    return found == wanted
+    try:
+        found = yaml.safe_load(from_dict(yaml.safe_load(saved.read_text()) or {}).to_yaml())
+    except (OSError, ConfigError, yaml.YAMLError, TypeError, ValueError):
+        return ["config.yaml"]
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(found), flat(wanted)
+    return sorted(k for k in a.keys() | b.keys() if k != "threads" and a.get(k) != b.get(k))
+
+
+def _set_aside(run_dir: Path, reason: str) -> Path:
+    """Moves an interrupted cell's folder that cannot be continued to ``<folder>.set-aside-<k>``
+    instead of deleting it: its checkpoints may be hours of CPU (what changed is in the warning)."""
+    import warnings
+
+    k = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.set-aside-{k}")).exists():
+        k += 1
+    run_dir.rename(aside)
+    warnings.warn(f"{run_dir} cannot be continued ({reason}); it was moved to {aside} and the cell starts "
+                  f"again (delete that folder when it is not needed)", RuntimeWarning, stacklevel=2)
+    return aside
 
 
 def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path, *, suite, config: str | None,
@@ -293,10 +329,17 @@ def run_bench(
             else:
                 cfg = method_config(method, config, [*spec.config_overrides, *overrides], seed, iterations)
                 resume = _resumable(run_dir, cfg, spec)
-                if run_dir.exists() and not resume:  # an interrupted cell without a usable checkpoint: start clean
-                    import shutil
+                if run_dir.exists() and not resume:  # an interrupted cell that cannot be continued: start clean
+                    from recon.optimise.checkpoint import latest_checkpoint
 
-                    shutil.rmtree(run_dir)
+                    if latest_checkpoint(run_dir) is not None and not (run_dir / "failed.json").is_file():
+                        changed = _config_differences(run_dir / "config.yaml", cfg, spec)
+                        _set_aside(run_dir, "its saved config differs from the cell's in " + ", ".join(changed[:8])
+                                   + (f" and {len(changed) - 8} more" if len(changed) > 8 else ""))
+                    else:  # nothing worth keeping: no checkpoint, or a cell that failed on its input
+                        import shutil
+
+                        shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
                                       overrides=overrides, fit_fn=fit_fn, iterations=iterations, resume=resume))
