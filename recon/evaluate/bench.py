@@ -152,19 +152,18 @@ def _pose_accuracy(run_dir: Path, scene_dir: Path) -> dict:
             "metrics_gt_aligned": result["metrics"]}
 
 
-def _resumable(run_dir: Path, cfg, suite) -> bool:
-    """True when an interrupted cell's folder holds a complete checkpoint of this very cell
-    (its saved config.yaml is the cell's config, the thread count aside, which changes no
-    result's meaning): the fit continues from there instead of starting again, which is what
-    makes long cells (the 30k-iteration baseline: hours on a CPU) finishable across benches."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or (run_dir / "failed.json").is_file():
-        return False
+def _continuation(run_dir: Path, cfg, suite) -> list[str] | None:
+    """How an interrupted cell's folder can be used: ``[]`` when it holds a complete checkpoint of
+    this very cell (its saved config.yaml is the cell's config, the thread count aside, which changes
+    no result's meaning), so the fit continues from there instead of starting again, which is what
+    makes long cells (the 30k-iteration baseline: hours on a CPU) finishable across benches; the keys
+    that differ when it holds a checkpoint under another config (the folder is set aside); None when
+    it holds nothing worth keeping (no folder, no checkpoint, or a cell that failed on its input)."""
     from recon.optimise.checkpoint import latest_checkpoint
 
-    if latest_checkpoint(run_dir) is None:
-        return False
-    return not _config_differences(saved, cfg, suite)
+    if not run_dir.is_dir() or (run_dir / "failed.json").is_file() or latest_checkpoint(run_dir) is None:
+        return None
+    return _config_differences(run_dir / "config.yaml", cfg, suite)
 
 
 def _config_differences(saved: Path, cfg, suite) -> list[str]:
@@ -212,7 +211,7 @@ def run_cell(scene: str, scene_dir: Path, method: str, seed: int, run_dir: Path,
              overrides: Sequence[str], fit_fn: Callable, iterations: int | None = None,
              resume: bool = False) -> dict:
     """Fit one cell and return its record (status "failed" with the error on ReconError).
-    ``resume``: continue the fit from the checkpoint in ``run_dir`` (see _resumable)."""
+    ``resume``: continue the fit from the checkpoint in ``run_dir`` (see _continuation)."""
     cfg = method_config(method, config, [*suite.config_overrides, *overrides], seed, iterations)
     record = {"scene": scene, "method": method, "seed": seed, "run_dir": str(run_dir),
               "iterations_configured": cfg.optim.iterations}
@@ -328,18 +327,15 @@ def run_bench(
                 continue
             else:
                 cfg = method_config(method, config, [*spec.config_overrides, *overrides], seed, iterations)
-                resume = _resumable(run_dir, cfg, spec)
-                if run_dir.exists() and not resume:  # an interrupted cell that cannot be continued: start clean
-                    from recon.optimise.checkpoint import latest_checkpoint
+                changed = _continuation(run_dir, cfg, spec)
+                resume = changed == []
+                if changed:  # a checkpoint under another config: kept aside, the cell starts clean
+                    _set_aside(run_dir, "its saved config differs from the cell's in " + ", ".join(changed[:8])
+                               + (f" and {len(changed) - 8} more" if len(changed) > 8 else ""))
+                elif changed is None and run_dir.exists():  # nothing worth keeping: start clean
+                    import shutil
 
-                    if latest_checkpoint(run_dir) is not None and not (run_dir / "failed.json").is_file():
-                        changed = _config_differences(run_dir / "config.yaml", cfg, spec)
-                        _set_aside(run_dir, "its saved config differs from the cell's in " + ", ".join(changed[:8])
-                                   + (f" and {len(changed) - 8} more" if len(changed) > 8 else ""))
-                    else:  # nothing worth keeping: no checkpoint, or a cell that failed on its input
-                        import shutil
-
-                        shutil.rmtree(run_dir)
+                    shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cells.append(run_cell(name, path, method, seed, run_dir, suite=spec, config=config,
                                       overrides=overrides, fit_fn=fit_fn, iterations=iterations, resume=resume))
