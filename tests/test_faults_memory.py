@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from recon.optimise import memory
@@ -74,3 +76,22 @@ def test_fit_stops_before_fitting_when_memory_is_short(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "this fit needs about" in err and "--set densify.max_gaussians=" in err, err
     assert not (run / "checkpoints").exists() and not (run / "log.jsonl").exists()  # stopped before the fit
+
+
+def test_coregularisation_counts_its_partner_field():
+    from recon.optimise.config import load_config
+    from recon.optimise.memory import estimate_for_config
+
+    single = estimate_for_config(load_config("llff3"), 504, 378, 20, 3)
+    paired = estimate_for_config(load_config("llff3", ["coreg.enabled=true"]), 504, 378, 20, 3)
+    assert paired.fields == 2 and single.fields == 1
+    assert paired.gaussians_bytes == 2 * single.gaussians_bytes and paired.render_bytes == 2 * single.render_bytes
+    assert paired.images_bytes == single.images_bytes  # the two fields share the training images
+    # Enough memory for one field but not for two: refused, naming the fields and a cap that fits both.
+    budget = (single.total_bytes + paired.total_bytes) / 2 / 0.9
+    check_fit_memory(single, (int(budget), "test"))
+    with pytest.raises(InsufficientMemoryError, match="in each of 2 fields") as err:
+        check_fit_memory(paired, (int(budget), "test"))
+    count = int(re.search(r"--set densify.max_gaussians=(\d+)", str(err.value)).group(1))
+    capped = estimate_fit_memory(504, 378, 20, 3, count, paired.sh_degree, fields=2)
+    assert count < paired.max_gaussians and capped.total_bytes <= 0.9 * int(budget)

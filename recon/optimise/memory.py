@@ -13,6 +13,9 @@ The estimate is deliberately simple and on the generous side:
   for one training render and one pseudo-view render at working resolution;
 * runtime: Python, torch and the libraries, measured at ~0.6 GiB for a tiny fit.
 
+A fit that trains two Gaussian fields side by side (CoR-GS co-regularisation, ``coreg.enabled``)
+holds the Gaussians and the render buffers twice: ``fields=2``.
+
 Available memory is the smaller of /proc/meminfo's MemAvailable and what the cgroup
 (container) limit leaves; without either, the check is skipped.
 """
@@ -53,8 +56,9 @@ class MemoryEstimate:
     height: int
     num_views: int  # views held in memory (train and test)
     num_train: int
-    max_gaussians: int
+    max_gaussians: int  # per field
     sh_degree: int
+    fields: int = 1  # Gaussian fields trained at once (2 with CoR-GS co-regularisation)
 
     @property
     def pixels(self) -> int:
@@ -66,20 +70,21 @@ class MemoryEstimate:
 
     @property
     def render_bytes(self) -> int:
-        return self.pixels * RENDER_BYTES_PER_PIXEL
+        return self.fields * self.pixels * RENDER_BYTES_PER_PIXEL
 
     @property
     def gaussians_bytes(self) -> int:
-        return self.max_gaussians * bytes_per_gaussian(self.sh_degree)
+        return self.fields * self.max_gaussians * bytes_per_gaussian(self.sh_degree)
 
     @property
     def total_bytes(self) -> int:
         return RUNTIME_BYTES + self.images_bytes + self.render_bytes + self.gaussians_bytes
 
     def describe(self) -> str:
+        fields = f" in each of {self.fields} fields (coreg.enabled)" if self.fields > 1 else ""
         return (f"{self.num_views} images at {self.width}x{self.height}: {_gib(self.images_bytes)}, render buffers "
-                f"{_gib(self.render_bytes)}, up to {self.max_gaussians:,} Gaussians (SH degree {self.sh_degree}): "
-                f"{_gib(self.gaussians_bytes)}, runtime {_gib(RUNTIME_BYTES)}")
+                f"{_gib(self.render_bytes)}, up to {self.max_gaussians:,} Gaussians{fields} (SH degree "
+                f"{self.sh_degree}): {_gib(self.gaussians_bytes)}, runtime {_gib(RUNTIME_BYTES)}")
 
 
 def _gib(n: float) -> str:
@@ -87,15 +92,18 @@ def _gib(n: float) -> str:
 
 
 def estimate_fit_memory(width: int, height: int, num_views: int, num_train: int, max_gaussians: int,
-                        sh_degree: int) -> MemoryEstimate:
-    return MemoryEstimate(int(width), int(height), int(num_views), int(num_train), int(max_gaussians), int(sh_degree))
+                        sh_degree: int, fields: int = 1) -> MemoryEstimate:
+    return MemoryEstimate(int(width), int(height), int(num_views), int(num_train), int(max_gaussians), int(sh_degree),
+                          int(fields))
 
 
 def estimate_for_config(cfg, width: int, height: int, num_views: int, num_train: int) -> MemoryEstimate:
     """The estimate for a ``FitConfig``: the most Gaussians it can hold is the larger of the
-    densification cap (when densifying) and the initial point budgets."""
+    densification cap (when densifying) and the initial point budgets; co-regularisation's
+    partner field (``coreg.enabled``) holds as many again."""
     most = max(cfg.init.max_points, cfg.init.random_points, cfg.densify.max_gaussians if cfg.densify.enabled else 0)
-    return estimate_fit_memory(width, height, num_views, num_train, most, cfg.init.sh_degree)
+    fields = 2 if cfg.coreg.enabled else 1
+    return estimate_fit_memory(width, height, num_views, num_train, most, cfg.init.sh_degree, fields)
 
 
 def _read_int(path: Path) -> int | None:
@@ -151,10 +159,10 @@ def check_fit_memory(estimate: MemoryEstimate, available: tuple[int, str] | None
     def with_side(side: int) -> MemoryEstimate:
         s = side / long_side
         return estimate_fit_memory(max(1, round(e.width * s)), max(1, round(e.height * s)), e.num_views,
-                                   e.num_train, e.max_gaussians, e.sh_degree)
+                                   e.num_train, e.max_gaussians, e.sh_degree, e.fields)
 
     def with_gaussians(n: int) -> MemoryEstimate:
-        return estimate_fit_memory(e.width, e.height, e.num_views, e.num_train, n, e.sh_degree)
+        return estimate_fit_memory(e.width, e.height, e.num_views, e.num_train, n, e.sh_degree, e.fields)
 
     side = _largest_fitting(64, long_side, lambda s: with_side(s).total_bytes <= budget)
     count = _largest_fitting(1000, e.max_gaussians, lambda n: with_gaussians(n).total_bytes <= budget)
