@@ -368,6 +368,7 @@ def _write_outputs(run: Path, cfg: FitConfig, scene: Scene, split: Split, train:
     metrics["fallbacks"] = fallbacks
     metrics["camera_refinement"] = result.camera_refinement
     metrics["coreg"] = coreg  # recon.optimise.coreg.CoRegularisation.record(), None without co-regularisation
+    metrics["exposure"] = result.exposure  # recon.optimise.exposure.ViewExposure.record(), None when off
     # What the fit worked at and with which budget, and why (the preset picked, the loader's size cap).
     metrics["data"] = {"format": scene.format, "resolution": scene.meta.get("resolution"),
                        "undistorted_views": scene.meta.get("undistorted_views", 0),

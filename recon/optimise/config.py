@@ -174,6 +174,17 @@ class CoregConfig:
 
 
 @dataclass
+class ExposureConfig:
+    """Per-view exposure compensation (recon.optimise.exposure): an affine colour transform per channel
+    (gain, bias) for each training view but the first, applied to its render in the photometric and
+    binocular terms; test and novel views render with view 0's appearance."""
+
+    enabled: bool = False
+    lr: float = 0.001  # Adam lr of the log gains and biases
+    start: int = 0  # first step the transforms are updated
+
+
+@dataclass
 class PoseConfig:
     refine: str = "auto"  # "auto" (only for unposed scenes) | "on" | "off"
     lr: float = 1e-4
@@ -227,6 +238,7 @@ class FitConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     binocular: BinocularConfig = field(default_factory=BinocularConfig)
     coreg: CoregConfig = field(default_factory=CoregConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     regularise: RegulariseConfig = field(default_factory=RegulariseConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
@@ -398,5 +410,13 @@ def validate(config: FitConfig) -> None:
     if c.prune_threshold <= 0 or not 0 <= c.ssim_weight <= 1:
         raise ConfigError(f"coreg.prune_threshold must be > 0 and coreg.ssim_weight in [0, 1], got "
                           f"{c.prune_threshold} and {c.ssim_weight}")
+    if config.exposure.lr <= 0 or config.exposure.start < 0:
+        raise ConfigError(f"exposure.lr must be > 0 and exposure.start >= 0, got {config.exposure.lr} and "
+                          f"{config.exposure.start}")
+    if config.exposure.enabled and config.optim.random_background:
+        raise ConfigError("exposure.enabled=true and optim.random_background=true do not combine: the transform "
+                          "would also recolour the random background the target is composited on; random "
+                          "backgrounds are for masked synthetic renders, exposure compensation for photographs: "
+                          "set one of them to false")
     if config.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")

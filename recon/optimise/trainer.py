@@ -22,6 +22,7 @@ from recon.optimise.camera_refinement import CameraRefinement
 from recon.optimise.config import FitConfig
 from recon.optimise.densify import Densifier
 from recon.optimise.events import FitControl, FitListener, FitStarted, StepEvent
+from recon.optimise.exposure import ViewExposure
 from recon.optimise.pseudo_views import interpolated_camera
 from recon.optimise.pyramid import ImagePyramid
 from recon.optimise.schedules import (
@@ -65,6 +66,7 @@ class TrainResult:
     seconds: float
     stopped: bool  # True when a FitControl stopped it early
     camera_refinement: dict | None = None  # CameraRefinement.record(): what was refined, initial/final focal
+    exposure: dict | None = None  # ViewExposure.record(): each training view's gain and bias, None when off
 
 
 class Trainer:
@@ -100,6 +102,8 @@ class Trainer:
         self.camera_refinement = CameraRefinement(data.cameras, poses=refine_poses, focal=refine_focal,
                                                   pose_lr=config.pose.lr, focal_lr=config.pose.focal_lr,
                                                   start=config.pose.start, focal_start=config.pose.focal_start)
+        e = config.exposure
+        self.exposure = ViewExposure(V, enabled=e.enabled, lr=e.lr, start=e.start)
         self.densifier = Densifier(config.densify, config.optim.iterations, data.scene_scale, config.seed)
         self.pseudo_targets: list[tuple[Camera, Tensor]] = []  # diffusion-refined renders
         # recon.optimise.coreg.CoRegularisation when a partner field is co-trained (coreg.enabled), else None
@@ -219,6 +223,7 @@ class Trainer:
         baseline = side * c.disparity * cam.width * float(depth.detach()[valid].median()) / fx
         with stage("render_forward"):
             shifted = self.render_fn(g, [sparse_view.shifted_camera(cam, baseline)], settings).rgb.squeeze(0)
+        shifted = self.exposure.apply(view, shifted)  # it stands in for photo `view`: the same exposure
         return c.weight * losses.binocular_loss(shifted, depth, gt, fx, baseline, c.ssim_weight)
 
     def _binocular_level(self, settings: RenderSettings, cam: Camera, depth: Tensor, view: int,
@@ -283,6 +288,7 @@ class Trainer:
         # squeeze, not [0]: a view, whose backward is free; indexing's backward writes a zero
         # image and copies the gradient into it, once per use (depth is used three times)
         rgb, depth = out.rgb.squeeze(0), out.depth.squeeze(0)  # [H, W, 3], [H, W] (one camera)
+        rgb = self.exposure.apply(v, rgb)  # as photo v's exposure shows it (the identity when exposure is off)
         terms = {"photo": losses.photometric(rgb, gt, cfg.optim.ssim_weight)}
         prior = priors[v] if priors else None
         if prior is not None and self._depth_active(it):
@@ -308,6 +314,7 @@ class Trainer:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             self.camera_refinement.step(it)
+            self.exposure.step(it)
         if info is not None:
             with stage("densify"):
                 self.densifier.post_backward(self.params, self.optimizers, it, info)
@@ -373,7 +380,7 @@ class Trainer:
             end_iteration()
         cams = [self.camera_refinement.refined_camera(v) for v in range(len(self.data.cameras))]
         return TrainResult(self.gaussians().detach(), cams, self.history, self.iteration, self.seconds, stopped,
-                           self.camera_refinement.record())
+                           self.camera_refinement.record(), self.exposure.record(list(self.data.names)))
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -383,6 +390,7 @@ class Trainer:
             # deep copies: Adam updates its moments in place after this snapshot
             "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
             **self.camera_refinement.state_dict(),  # pose_deltas, pose_opt, log_focal, focal_opt
+            **self.exposure.state_dict(),  # exposure_log_gain, exposure_bias, exposure_opt
             "densify": self.densifier.state_dict(), "generator": self.generator.get_state(),
         }
 
@@ -396,5 +404,6 @@ class Trainer:
             for group in opt.param_groups:  # the saved groups carry the saving run's choice: keep this config's
                 group["fused"] = True if self.cfg.optim.fused_adam else None
         self.camera_refinement.load_state_dict(state)
+        self.exposure.load_state_dict(state)
         self.densifier.load_state_dict(state["densify"])
         self.generator.set_state(state["generator"])
