@@ -27,10 +27,11 @@ TRAIN, TEST = (0, 2, 4), (1, 3, 5)
 SHOTS = {2: ((0.6, 0.55, 0.5), (0.04, 0.02, 0.0)), 4: ((0.75, 0.8, 0.9), (0.0, 0.0, 0.05))}
 
 
-def test_exposure_is_off_by_default_and_its_keys_parse():
+def test_exposure_is_on_only_for_custom_captures_and_its_keys_parse():
     assert FitConfig().exposure.enabled is False
-    for name in ("default", "fast", "llff3", "dtu3", "blender8", "synthetic", "generic", "quality-llff3"):
+    for name in ("default", "fast", "llff3", "dtu3", "blender8", "synthetic", "quality-llff3"):
         assert load_config(name).exposure.enabled is False, name
+    assert load_config("generic").exposure.enabled is True  # custom captures: photos metered one by one
     e = load_config("llff3", ["exposure.enabled=true", "exposure.lr=0.005", "exposure.start=100"]).exposure
     assert (e.enabled, e.lr, e.start) == (True, 0.005, 100)
     with pytest.raises(ConfigError, match="exposure.lr must be > 0"):

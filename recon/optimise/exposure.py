@@ -1,4 +1,4 @@
-"""Per-view exposure compensation for photographs (``exposure.*``, off by default).
+"""Per-view exposure compensation for photographs (``exposure.*``; on in configs/generic.yaml, off elsewhere).
 
 Photographs of one scene rarely share one exposure and white balance: a phone meters each shot.
 With three views the Gaussians can bake the difference into view-dependent colour (SH) or into
