@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -89,7 +90,9 @@ def backend_record(name: str = "auto", device: str | torch.device = "cpu") -> di
     """What rasterises for ``RenderSettings.backend=name`` on ``device``: the backend asked
     for and the one used, the reason when they differ by a fallback, and for our CPU kernels
     the instruction set picked at run time and torch's thread count, since both change float
-    rounding (metrics.json "compute"; a fit is bit-reproducible only for the same pair)."""
+    rounding (metrics.json "compute"; a fit is bit-reproducible only for the same pair, and only on
+    the same CPU model: ``cpu_model`` is recorded because two models with the same ISA gave fits
+    0.15 dB apart, benchmarks/results/ablation/llff3_validation.md, session 10)."""
     device = torch.device(device)
     used = _pick_backend(name, device)
     record: dict = {"requested": name, "used": used, "device": str(device),
@@ -99,8 +102,21 @@ def backend_record(name: str = "auto", device: str | torch.device = "cpu") -> di
         from recon.render import _ext
 
         ext = _ext.load()
-        record.update(cpu_isa=ext.cpu_isa(), cpu_isa_float_lanes=int(ext.cpu_isa_float_lanes()))
+        record.update(cpu_isa=ext.cpu_isa(), cpu_isa_float_lanes=int(ext.cpu_isa_float_lanes()), cpu_model=cpu_model())
     return record
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo, else platform.processor()), None when neither says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
 
 
 def available_backends() -> list[str]:
