@@ -198,7 +198,7 @@ def test_resumed_run_accounts_time_across_sessions_and_says_it_was_resumed(tmp_p
     fit_scene("builtin:synthetic", out_dir=run, config=config, views=3,
               listeners=[_SlowThenStop(control, 50, 0.2)], control=control)
     first = json.loads((run / "metrics.json").read_text())
-    assert first["resumed"] is None and first["fit_seconds"] >= 10.0
+    assert first["resumed"] is None and first["fit_seconds"] >= 9.8  # 49 sleeps land inside the timed steps (the 50th after its time is taken)
     fit_scene("builtin:synthetic", out_dir=run, resume=True)
     second = json.loads((run / "metrics.json").read_text())
     assert second["iterations"] == ITERATIONS
@@ -206,7 +206,7 @@ def test_resumed_run_accounts_time_across_sessions_and_says_it_was_resumed(tmp_p
     assert resumed["from_iteration"] == 50 and resumed["checkpoint"] == "checkpoints/step_0000050.pt"
     assert resumed["session"] == 2 and resumed["skipped_incomplete"] == []
     # Both clocks include the first session (up to its checkpoint), and fit time <= total time.
-    assert resumed["earlier_fit_seconds"] >= 10.0 and resumed["earlier_total_seconds"] >= resumed["earlier_fit_seconds"]
+    assert resumed["earlier_fit_seconds"] >= 9.8 and resumed["earlier_total_seconds"] >= resumed["earlier_fit_seconds"]
     assert second["fit_seconds"] >= resumed["earlier_fit_seconds"]
     assert second["fit_seconds"] <= second["total_seconds"]
     assert second["total_seconds"] >= first["total_seconds"] - 1.0  # (minus the first session's evaluation)
