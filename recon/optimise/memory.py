@@ -23,7 +23,7 @@ Available memory is the smaller of /proc/meminfo's MemAvailable and what the cgr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from recon.errors import ReconError
@@ -156,13 +156,12 @@ def check_fit_memory(estimate: MemoryEstimate, available: tuple[int, str] | None
     e = estimate
     long_side = max(e.width, e.height)
 
-    def with_side(side: int) -> MemoryEstimate:
+    def with_side(side: int) -> MemoryEstimate:  # the same estimate (views, Gaussians, fields) at another size
         s = side / long_side
-        return estimate_fit_memory(max(1, round(e.width * s)), max(1, round(e.height * s)), e.num_views,
-                                   e.num_train, e.max_gaussians, e.sh_degree, e.fields)
+        return replace(e, width=max(1, round(e.width * s)), height=max(1, round(e.height * s)))
 
     def with_gaussians(n: int) -> MemoryEstimate:
-        return estimate_fit_memory(e.width, e.height, e.num_views, e.num_train, n, e.sh_degree, e.fields)
+        return replace(e, max_gaussians=n)
 
     side = _largest_fitting(64, long_side, lambda s: with_side(s).total_bytes <= budget)
     count = _largest_fitting(1000, e.max_gaussians, lambda n: with_gaussians(n).total_bytes <= budget)
